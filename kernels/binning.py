@@ -19,7 +19,14 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from scforge.kernels.common import GeneMap, compact, gather_cell, partition_rows, sort_desc
+from scforge.kernels.common import (
+    GeneMap,
+    compact,
+    gather_cell,
+    partition_rows,
+    radix_sort_f32,
+    sort_desc,
+)
 
 ORDER_INPUT, ORDER_TOKEN, ORDER_EXPRESSION = 0, 1, 2
 ORDERS = {"input": ORDER_INPUT, "token": ORDER_TOKEN, "expression": ORDER_EXPRESSION}
@@ -109,6 +116,7 @@ def _valued_chunk(indptr, indices, data, col_token, col_group, group_token, row_
         idx_tmp = np.empty(width, dtype=np.int32)
         packed = np.empty(width, dtype=np.int64)
         counts = np.empty(256, dtype=np.int64)
+        digits = np.empty(width, dtype=np.uint8)
         edges = np.empty(max(len(q), 1), dtype=np.float64)
         group_acc = np.zeros(max(n_groups, 1), dtype=np.float64)
         touched = np.empty(max(n_groups, 1), dtype=np.int32)
@@ -122,7 +130,7 @@ def _valued_chunk(indptr, indices, data, col_token, col_group, group_token, row_
                         nz[n_nz] = data[k]
                         n_nz += 1
                 if n_nz > 0:
-                    nz[:n_nz].sort()
+                    radix_sort_f32(nz, n_nz, key_tmp, counts)
                     quantile_edges(nz, n_nz, q, edges)
                 for i in range(n):
                     u = tie_uniform(seed, row_ids[r], tok[i])
@@ -141,12 +149,12 @@ def _valued_chunk(indptr, indices, data, col_token, col_group, group_token, row_
             # Order and truncate; truncation keeps the highest counts (ties: lower token).
             m = min(n, max_genes)
             if order == ORDER_EXPRESSION or n > max_genes:
-                sort_desc(cnt, tok, n, fkey, key_tmp, idx, idx_tmp, counts)
+                sort_desc(cnt, tok, n, fkey, key_tmp, idx, idx_tmp, counts, digits, True)
             else:
                 for i in range(n):
                     idx[i] = i
             if order == ORDER_INPUT and n > max_genes:
-                idx[:m].sort()
+                idx[:m].sort()  # distinct ints: quicksort is fine here
             elif order == ORDER_TOKEN:
                 for i in range(m):
                     packed[i] = (np.int64(tok[idx[i]]) << 32) | np.int64(idx[i])

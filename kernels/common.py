@@ -94,41 +94,68 @@ def _precedes(va, ta, vb, tb):
 
 
 @njit(cache=True, nogil=True)
-def sort_desc(vals, toks, n, fkey, key_tmp, idx, idx_tmp, counts):
+def _radix_pass(src_k, src_i, dst_k, dst_i, n, digits, counts):
+    """One stable counting-sort pass by ``digits[i]`` (0..255) moving keys and indices.
+
+    Returns False (and moves nothing) when every element has the same digit.
+    """
+    for b in range(256):
+        counts[b] = 0
+    for i in range(n):
+        counts[digits[i]] += 1
+    if n == 0 or counts[digits[0]] == n:
+        return False
+    total = 0
+    for b in range(256):
+        c = counts[b]
+        counts[b] = total
+        total += c
+    for i in range(n):
+        d = digits[i]
+        p = counts[d]
+        dst_k[p] = src_k[i]
+        dst_i[p] = src_i[i]
+        counts[d] = p + 1
+    return True
+
+
+@njit(cache=True, nogil=True)
+def sort_desc(vals, toks, n, fkey, key_tmp, idx, idx_tmp, counts, digits, presort_tokens):
     """Writes into ``idx[:n]`` the permutation ordering ``vals[:n]`` descending (ties: token asc).
 
     ``vals`` must be positive and finite. Scratch arrays (``fkey`` float32, ``key_tmp`` uint32,
-    ``idx``/``idx_tmp`` int32) must hold at least ``n`` entries; ``counts`` holds 256.
+    ``idx``/``idx_tmp`` int32, ``digits`` uint8) must hold at least ``n`` entries; ``counts``
+    holds 256. With ``presort_tokens`` the elements are first radix-sorted by token, so runs of
+    exactly equal values (common when sorting raw counts) come out already in token order and the
+    repair step is linear; without it (rank values, where exact ties are rare) two passes are saved.
     """
     for i in range(n):
         fkey[i] = np.float32(vals[i])
     key = fkey.view(np.uint32)  # positive floats order like their bit patterns
+    max_tok = 0
     for i in range(n):
         key[i] = np.uint32(0xFFFFFFFF) - key[i]
         idx[i] = i
+        max_tok = max(max_tok, toks[i])
     src_k, dst_k, src_i, dst_i = key, key_tmp, idx, idx_tmp
     swapped = False
+    if presort_tokens:
+        shift = 0
+        while shift < 32 and (max_tok >> shift) > 0:
+            for i in range(n):
+                digits[i] = (toks[src_i[i]] >> shift) & 0xFF
+            if _radix_pass(src_k, src_i, dst_k, dst_i, n, digits, counts):
+                src_k, dst_k = dst_k, src_k
+                src_i, dst_i = dst_i, src_i
+                swapped = not swapped
+            shift += 8
     for shift in (0, 8, 16, 24):
-        for b in range(256):
-            counts[b] = 0
         for i in range(n):
-            counts[(src_k[i] >> shift) & 0xFF] += 1
-        if n == 0 or counts[(src_k[0] >> shift) & 0xFF] == n:
-            continue  # every key shares this digit: the pass would be the identity
-        total = 0
-        for b in range(256):
-            c = counts[b]
-            counts[b] = total
-            total += c
-        for i in range(n):
-            d = (src_k[i] >> shift) & 0xFF
-            p = counts[d]
-            dst_k[p] = src_k[i]
-            dst_i[p] = src_i[i]
-            counts[d] = p + 1
-        src_k, dst_k = dst_k, src_k
-        src_i, dst_i = dst_i, src_i
-        swapped = not swapped
+            digits[i] = (src_k[i] >> shift) & 0xFF
+        if _radix_pass(src_k, src_i, dst_k, dst_i, n, digits, counts):
+            src_k, dst_k = dst_k, src_k
+            src_i, dst_i = dst_i, src_i
+            swapped = not swapped
     if swapped:
         for i in range(n):
             idx[i] = src_i[i]
@@ -174,3 +201,43 @@ def _compact(buf, starts, lengths, offsets):
         for j in range(lengths[i]):
             out[o + j] = buf[s + j]
     return out
+
+
+@njit(cache=True, nogil=True)
+def radix_sort_f32(vals, n, tmp, counts):
+    """Sorts ``vals[:n]`` (float32, no NaN) ascending in place with an LSD radix sort.
+
+    Numba's quicksort degrades badly on arrays full of repeated values, which is exactly what
+    count data is (most nonzero counts are 1, 2 or 3); a radix sort is linear whatever the ties.
+    ``tmp`` is uint32 scratch of at least ``n``; ``counts`` holds 256.
+    """
+    key = vals.view(np.uint32)
+    for i in range(n):
+        k = key[i]
+        key[i] = k ^ np.uint32(0xFFFFFFFF) if k >> 31 else k ^ np.uint32(0x80000000)
+    src, dst = key, tmp
+    swapped = False
+    for shift in (0, 8, 16, 24):
+        for b in range(256):
+            counts[b] = 0
+        for i in range(n):
+            counts[(src[i] >> shift) & 0xFF] += 1
+        if n == 0 or counts[(src[0] >> shift) & 0xFF] == n:
+            continue
+        total = 0
+        for b in range(256):
+            c = counts[b]
+            counts[b] = total
+            total += c
+        for i in range(n):
+            d = (src[i] >> shift) & 0xFF
+            dst[counts[d]] = src[i]
+            counts[d] += 1
+        src, dst = dst, src
+        swapped = not swapped
+    if swapped:
+        for i in range(n):
+            key[i] = src[i]
+    for i in range(n):
+        k = key[i]
+        key[i] = k ^ np.uint32(0x80000000) if k >> 31 else k ^ np.uint32(0xFFFFFFFF)

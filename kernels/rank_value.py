@@ -35,6 +35,7 @@ def _rank_value_chunk(indptr, indices, data, col_token, col_group, group_token, 
         idx = np.empty(width, dtype=np.int32)
         idx_tmp = np.empty(width, dtype=np.int32)
         counts = np.empty(256, dtype=np.int64)
+        digits = np.empty(width, dtype=np.uint8)
         group_acc = np.zeros(max(n_groups, 1), dtype=np.float64)
         touched = np.empty(max(n_groups, 1), dtype=np.int32)
         for r in range(lo, hi):
@@ -45,7 +46,7 @@ def _rank_value_chunk(indptr, indices, data, col_token, col_group, group_token, 
                             group_acc, touched, tok, val)
             for i in range(n):
                 val[i] = val[i] / n_counts * target_sum / token_factor[tok[i]]
-            sort_desc(val, tok, n, fkey, key_tmp, idx, idx_tmp, counts)
+            sort_desc(val, tok, n, fkey, key_tmp, idx, idx_tmp, counts, digits, False)
             m = min(n, max_genes)
             o = starts[r]
             j = 0

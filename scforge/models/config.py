@@ -6,19 +6,18 @@ time. Size fields left at 0 are filled from ``preset`` by :func:`resolve_preset`
 always win, so a recipe can start from a preset and change one dimension.
 
 Preset parameter counts (``transformer_encoder``, ``value_mode="none"``, tied LM head; counted by
-``tests/models/test_model_config.py`` on the meta device):
+``tests/models/test_model_config.py`` on the meta device)::
 
-======  ==================================  ===========================  =========
-preset  layers / d / heads / ffn            reference vocab, max_len     params
-======  ==================================  ===========================  =========
-debug   2 / 48 / 4 / 96                     20,275 (Geneformer V2), 2048  ~1.13 M
-small   6 / 256 / 4 / 512 (Geneformer V1)   25,426 (Geneformer V1), 2048  ~10.3 M
-base    12 / 768 / 12 / 3072 (GF V2-104M)   20,275 (Geneformer V2), 4096  ~104 M
-large   24 / 1024 / 16 / 4096 (GF V2-316M)  20,275 (Geneformer V2), 4096  ~328 M
-======  ==================================  ===========================  =========
+    preset  layers / d / heads / ffn             reference vocab, max_len      params
+    debug   2 / 40 / 5 / 160                     20,275 (Geneformer V2), 2048  ~0.96 M
+    small   6 / 256 / 4 / 512 (Geneformer V1)    25,426 (Geneformer V1), 2048  ~10.3 M
+    base    12 / 768 / 12 / 3072 (GF V2-104M)    20,275 (Geneformer V2), 4096  ~104 M
+    large   24 / 1024 / 16 / 4096 (GF V2-316M)   20,275 (Geneformer V2), 4096  ~328 M
 
-Embeddings dominate the two small presets (debug is ~86% gene embedding), so their counts move
-almost linearly with the vocabulary.
+Embeddings dominate the two small presets (debug is ~85% gene embedding), so their counts move
+almost linearly with the vocabulary: ``small`` is ~9.0 M with the 20,275-token V2 vocabulary.
+``masked_autoencoder`` adds its decoder (2 blocks at encoder width by default: +4% for debug,
++11% small, +14% base); ``autoregressive`` matches ``transformer_encoder`` exactly.
 """
 
 from __future__ import annotations
@@ -43,8 +42,9 @@ class PresetSizes:
 
 
 PRESETS: dict[str, PresetSizes] = {
-    # ~1M parameters with a 20k-gene vocabulary; trains on a laptop CPU in seconds.
-    "debug": PresetSizes(hidden_size=48, num_layers=2, num_heads=4, intermediate_size=96),
+    # ~1M parameters with a 20k-gene vocabulary; trains on a laptop CPU in seconds. Head dim 8
+    # keeps GPU flash/memory-efficient attention kernels usable in GPU smoke tests.
+    "debug": PresetSizes(hidden_size=40, num_layers=2, num_heads=5, intermediate_size=160),
     # Geneformer V1 (gf-6L-30M): BERT with d=256, ffn=2d.
     "small": PresetSizes(hidden_size=256, num_layers=6, num_heads=4, intermediate_size=512),
     # Geneformer V2-104M: BERT-base sizes.
@@ -194,8 +194,11 @@ def _validate(cfg: ModelConfig, *, require_vocab: bool) -> None:
         )
     if cfg.vocab_size < 0 or (require_vocab and cfg.vocab_size == 0):
         raise bad("vocab_size", "must be > 0; set it to the tokenizer's vocabulary size")
-    specials = {"pad_token_id": cfg.pad_token_id, "mask_token_id": cfg.mask_token_id,
-                "cls_token_id": cfg.cls_token_id}
+    specials = {
+        "pad_token_id": cfg.pad_token_id,
+        "mask_token_id": cfg.mask_token_id,
+        "cls_token_id": cfg.cls_token_id,
+    }
     for key, value in specials.items():
         if value < 0 or (cfg.vocab_size and value >= cfg.vocab_size):
             raise bad(key, f"must lie in [0, model.vocab_size={cfg.vocab_size})")
@@ -212,15 +215,21 @@ def _validate(cfg: ModelConfig, *, require_vocab: bool) -> None:
     if cfg.pooling not in POOLINGS:
         raise bad("pooling", f"is not one of {list(POOLINGS)}")
     if cfg.family == "autoregressive" and cfg.pooling == "cls":
-        raise bad("pooling", "is meaningless under causal attention (position 0 sees only "
-                  "itself); use pooling='mean' for the autoregressive family")
+        raise bad(
+            "pooling",
+            "is meaningless under causal attention (position 0 sees only "
+            "itself); use pooling='mean' for the autoregressive family",
+        )
     for key in ("mlm_weight", "value_weight", "contrastive_weight"):
         if getattr(cfg, key) < 0:
             raise bad(key, "must be >= 0 (0 disables the objective)")
     value_on = cfg.value_mode != "none" and cfg.value_weight > 0
     if cfg.mlm_weight == 0 and not value_on and cfg.contrastive_weight == 0:
-        raise bad("mlm_weight", "is 0 and no other objective is on; set mlm_weight > 0, or "
-                  "value_weight > 0 with a value_mode, or contrastive_weight > 0")
+        raise bad(
+            "mlm_weight",
+            "is 0 and no other objective is on; set mlm_weight > 0, or "
+            "value_weight > 0 with a value_mode, or contrastive_weight > 0",
+        )
     if cfg.contrastive_temperature <= 0:
         raise bad("contrastive_temperature", "must be > 0 (0.05-0.5 is typical)")
     if not 0.0 <= cfg.contrastive_drop_prob < 1.0:

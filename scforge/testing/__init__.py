@@ -1,0 +1,21 @@
+"""Test and benchmark helpers: realistic synthetic single-cell count data."""
+
+from __future__ import annotations
+
+from scforge.testing.synthetic import (
+    SyntheticParams,
+    default_gene_ids,
+    gene_symbols_for,
+    synthetic_anndata,
+    synthetic_counts,
+    write_synthetic_h5ad,
+)
+
+__all__ = [
+    "SyntheticParams",
+    "default_gene_ids",
+    "gene_symbols_for",
+    "synthetic_anndata",
+    "synthetic_counts",
+    "write_synthetic_h5ad",
+]
