@@ -28,7 +28,7 @@ def check_batch(batch: Batch, cfg: ModelConfig) -> None:
     ids = batch.input_ids
     if ids.dim() != 2:
         raise ValueError(f"batch.input_ids has shape {tuple(ids.shape)}; expected [B, L]")
-    if ids.dtype not in (torch.long, torch.int32):
+    if ids.dtype != torch.long:
         raise ValueError(f"batch.input_ids has dtype {ids.dtype}; expected torch.long")
     if batch.attention_mask.dtype != torch.bool:
         raise ValueError(

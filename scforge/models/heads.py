@@ -21,7 +21,7 @@ class GeneHead(nn.Module):
     """
 
     def __init__(
-        self, d: int, vocab_size: int, eps: float, *, tie_to: nn.Parameter | None = None
+        self, d: int, vocab_size: int, eps: float, *, tie_to: torch.Tensor | None = None
     ) -> None:
         super().__init__()
         self.dense = nn.Linear(d, d)
@@ -30,8 +30,10 @@ class GeneHead(nn.Module):
         if tie_to is not None:
             self.tie(tie_to)
 
-    def tie(self, weight: nn.Parameter) -> None:
+    def tie(self, weight: torch.Tensor) -> None:
         """Shares ``weight`` [vocab, d] as the output projection (call after weight init)."""
+        if not isinstance(weight, nn.Parameter):
+            raise TypeError(f"can only tie to an nn.Parameter, got {type(weight).__name__}")
         if weight.shape != self.decoder.weight.shape:
             raise ValueError(
                 f"cannot tie a {tuple(weight.shape)} embedding to a "

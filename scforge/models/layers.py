@@ -119,6 +119,10 @@ def attention_mask(key_mask: torch.Tensor, *, causal: bool) -> torch.Tensor:
     return mask | torch.eye(length, dtype=torch.bool, device=key_mask.device)
 
 
+class ResidualLinear(nn.Linear):
+    """A projection that writes into the residual stream; :func:`init_weights` scales it down."""
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention with a fused QKV projection."""
 
@@ -127,8 +131,7 @@ class SelfAttention(nn.Module):
         self.heads = heads
         self.dropout = dropout
         self.qkv = nn.Linear(d, 3 * d)
-        self.out = nn.Linear(d, d)
-        self.out.residual_out = True  # type: ignore[assignment] - read by init_weights
+        self.out = ResidualLinear(d, d)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         b, length, d = x.shape
@@ -148,8 +151,7 @@ class TransformerBlock(nn.Module):
         self.norm1 = nn.LayerNorm(d, eps=eps)
         self.attn = SelfAttention(d, heads, dropout)
         self.norm2 = nn.LayerNorm(d, eps=eps)
-        self.mlp = nn.Sequential(nn.Linear(d, ffn), nn.GELU(), nn.Linear(ffn, d))
-        self.mlp[2].residual_out = True  # type: ignore[assignment]
+        self.mlp = nn.Sequential(nn.Linear(d, ffn), nn.GELU(), ResidualLinear(ffn, d))
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -212,7 +214,7 @@ def init_weights(module: nn.Module, *, std: float, num_layers: int) -> None:
     """
     for m in module.modules():
         if isinstance(m, nn.Linear):
-            scale = 1.0 / math.sqrt(2 * num_layers) if getattr(m, "residual_out", False) else 1.0
+            scale = 1.0 / math.sqrt(2 * num_layers) if isinstance(m, ResidualLinear) else 1.0
             nn.init.normal_(m.weight, 0.0, std * scale)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)

@@ -29,12 +29,18 @@ from scforge.models.heads import GeneHead, ValueHead, classification_loss
 from scforge.models.layers import GeneExpressionEmbedding, TransformerStack, init_weights, pool
 
 
-def hidden_positions(batch: Batch) -> torch.Tensor:
-    """bool [B, L]: real tokens the collator hid (gene id or value), which the encoder skips."""
+def hidden_positions(batch: Batch, *, use_values: bool) -> torch.Tensor:
+    """bool [B, L]: real tokens the collator hid, which the encoder skips.
+
+    Args:
+        batch: the masked batch.
+        use_values: count ``value_mask`` too. False for ``value_mode="none"``, where a hidden
+            value is nothing the model reconstructs, so its token stays visible.
+    """
     hidden = torch.zeros_like(batch.attention_mask)
     if batch.labels is not None:
         hidden |= batch.labels != IGNORE_INDEX
-    if batch.value_mask is not None:
+    if use_values and batch.value_mask is not None:
         hidden |= batch.value_mask
     return hidden & batch.attention_mask
 
@@ -102,13 +108,18 @@ class MaskedAutoencoderModel(SingleCellModel):
         """Returns (encoded [B, Lv, D], packed mask, index [B, Lv], visible [B, L], embedded)."""
         check_batch(batch, self.config)
         emb = self.embed(batch.input_ids, batch.attention_mask, batch.values, batch.value_mask)
-        visible = batch.attention_mask & ~hidden_positions(batch)
+        use_values = self.config.value_mode != "none"
+        visible = batch.attention_mask & ~hidden_positions(batch, use_values=use_values)
         index, packed_mask = pack_visible(visible)
         packed = emb.gather(1, index.unsqueeze(-1).expand(-1, -1, emb.shape[-1]))
         return self.encoder(packed, packed_mask), packed_mask, index, visible, emb
 
     def encode_tokens(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Encoder states of the visible tokens, packed: [B, Lv, D] and their mask [B, Lv]."""
+        """Encoder states of the visible tokens, packed: [B, Lv, D] and their mask [B, Lv].
+
+        Packed slot 0 is the first visible token: ``<cls>`` for ``pooling="cls"`` as long as the
+        collator never masks it.
+        """
         encoded, packed_mask, _, _, _ = self._encode(batch)
         return encoded, packed_mask
 

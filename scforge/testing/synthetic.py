@@ -530,6 +530,31 @@ def _logseries(st, x):
 
 
 @njit(cache=True, nogil=True)
+def _thinned_cluster(v, x):
+    """Cluster size contributed by one rate-``mu`` candidate of an NB(mu, r) gene (0: none).
+
+    With ``x = mu / r``, clusters occur at rate ``r * log1p(x)`` and have Log(p) sizes,
+    ``p = x / (1 + x)``. Thinning candidates at rate ``mu`` gives
+    ``P(size k) = p**k / (k * x)`` per candidate (and none with the remaining probability), which
+    is inverted here from a single uniform ``v``: size 1 iff ``v < 1 / (1 + x)``, the common case.
+    """
+    if v * (1.0 + x) < 1.0:
+        return 1
+    if v * x >= math.log1p(x):
+        return 0
+    p = x / (1.0 + x)
+    term = 1.0 / (1.0 + x)
+    c = term
+    k = 1
+    while True:
+        k += 1
+        term *= p * (k - 1) / k
+        c += term
+        if v < c or term <= c * 1e-17:
+            return k
+
+
+@njit(cache=True, nogil=True)
 def _gamma(st, shape):
     """Gamma(shape, 1) draw (Marsaglia-Tsang; boosted below shape 1)."""
     if shape < 1.0:
@@ -628,13 +653,10 @@ def _gen_blocks(start, n, key, group, size, lib0, n_genes, head_ptr, head_gene, 
                     g = min(int(u), n_genes - 1)
                     if u - g >= alias_prob[grp, g]:
                         g = alias_idx[grp, g]
-                    x = lib * tail_x[grp, g]
-                    v = _unif(st)
-                    # keep the candidate with probability log1p(x) / x (>= 1 - x / 2)
-                    if v >= 1.0 - 0.5 * x and v * x >= math.log1p(x):
-                        continue
-                    cnt[g] += _logseries(st, x)
-                    bits[g >> 6] |= _ONE << np.uint64(g & 63)
+                    y = _thinned_cluster(_unif(st), lib * tail_x[grp, g])
+                    if y > 0:
+                        cnt[g] += y
+                        bits[g >> 6] |= _ONE << np.uint64(g & 63)
             m = 0
             tot = 0
             for wd in range(n_words):

@@ -120,18 +120,29 @@ def test_masked_autoencoder_encoder_sees_fewer_tokens(make_config, make_batch) -
         lambda m, args, out: seen.append(args[0].shape[1])
     )
     model(batch)
-    visible = batch.attention_mask & ~hidden_positions(batch)
+    visible = batch.attention_mask & ~hidden_positions(batch, use_values=True)
     assert seen[0] == int(visible.sum(1).max()) < batch.input_ids.shape[1]
     hidden, keys = model.encode_tokens(batch)
     assert hidden.shape[1] == seen[0]
     assert torch.equal(keys.sum(1), visible.sum(1))
 
 
+def test_masked_autoencoder_without_values_keeps_value_masked_tokens(
+    make_config, make_batch
+) -> None:
+    """With value_mode='none' a hidden value is not reconstructed, so its token stays visible."""
+    model = get_model(make_config("masked_autoencoder"))
+    batch = make_batch(value_mode="binned", mask_prob=0.4)
+    _, keys = model.encode_tokens(batch)
+    expected = batch.attention_mask & (batch.labels == IGNORE_INDEX)
+    assert torch.equal(keys.sum(1), expected.sum(1))
+
+
 def test_masked_autoencoder_encoder_ignores_hidden_content(make_config, make_batch) -> None:
     """What the encoder sees must not depend on what sits at hidden positions."""
     model = get_model(make_config("masked_autoencoder", value_mode="binned")).eval()
     batch = make_batch(value_mode="binned", mask_prob=0.4)
-    hid = hidden_positions(batch)
+    hid = hidden_positions(batch, use_values=True)
     other = dataclasses.replace(
         batch,
         input_ids=batch.input_ids.masked_fill(hid, 9),
@@ -236,6 +247,7 @@ def test_batch_without_labels_raises(make_config, make_batch) -> None:
             "attention_mask",
         ),
         (lambda b: dataclasses.replace(b, labels=b.labels[:, :-1]), "batch.labels"),
+        (lambda b: dataclasses.replace(b, input_ids=b.input_ids.int()), "batch.input_ids"),
         (lambda b: dataclasses.replace(b, values=None), "batch.values"),
         (lambda b: dataclasses.replace(b, value_labels=None), "value_labels"),
     ],

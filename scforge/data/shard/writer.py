@@ -38,6 +38,9 @@ from scforge.kernels import GeneMap, check_raw_counts
 
 log = logging.getLogger(__name__)
 
+# Seconds to sleep after each chunk: lets crash-and-resume tests kill a job mid-shard.
+_CHUNK_DELAY = float(os.environ.get("SCFORGE_SHARD_CHUNK_DELAY", "0") or 0)
+
 
 class ShardError(ValueError):
     """The job cannot run as asked; the message says what to change."""
@@ -194,6 +197,8 @@ def write_unit(prep: _Prepared, unit: Unit, out: Path, progress=None) -> dict:
                     pending = enc
                     if progress is not None:
                         progress(chunk.n_rows)
+                    if _CHUNK_DELAY:
+                        time.sleep(_CHUNK_DELAY)
                 if pending is not None:
                     n_blocks, n_tokens = _add_members(tar, pending.result(), n_blocks, n_tokens)
             raw.flush()
@@ -328,6 +333,9 @@ class ShardJob:
         mine = [u for u in units if u.index % n == i]
         todo = [u for u in mine if read_sidecar(self.out, u.file) is None]
         skipped = len(mine) - len(todo)
+        for u in todo:  # leftovers of a killed run (only our own units: partitions may share out)
+            for stale in self.out.glob(f".{u.file}.tmp-*"):
+                stale.unlink()
         cells_todo = sum(u.stop - u.start for u in todo)
         bar = _progress_bar(cells_todo, self.progress)
         try:
