@@ -151,3 +151,19 @@ def test_inspect_shows_symbols(tmp_path, pbmc_path):
     assert "10,668" in text and "pbmc3k_AAACATACAACCAC-1" in text
     assert "<cls>" in text and "CD4 T cells" in text
     assert "ENSG" not in text.split("cell pbmc3k_AAACATACAACCAC-1")[1].splitlines()[0]
+
+
+def test_block_index_allows_direct_reads(tmp_path, cellbench_path):
+    from scforge.data.shard import iter_shard_blocks, read_block
+
+    cfg = _cfg("continuous.yaml", "shard.cells_per_shard=700", "shard.block_cells=100")
+    ShardJob([str(cellbench_path)], tmp_path / "o", cfg, progress=False).run()
+    man = load_manifest(tmp_path / "o")
+    for entry in man["shards"]:
+        path = tmp_path / "o" / entry["file"]
+        streamed = list(iter_shard_blocks(path))
+        assert len(entry["block_index"]) == entry["blocks"] == len(streamed) == -(-entry["cells"] // 100)
+        for i in sorted({len(streamed) - 1, 0, len(streamed) // 2}, reverse=True):
+            direct = read_block(path, entry, i)
+            assert np.array_equal(direct["tokens"], streamed[i]["tokens"])
+            assert direct["cell_id"] == streamed[i]["cell_id"]

@@ -9,7 +9,9 @@ from scforge.data.shard.format import FORMAT_NAME, FORMAT_VERSION, ShardFormatEr
 from scforge.data.shard.manifest import load_manifest
 from scforge.data.shard.reader import (
     ShardIntegrityError,
+    block_cells,
     iter_shard_blocks,
+    read_block,
     read_shards,
     verify_shard,
 )
@@ -22,7 +24,9 @@ __all__ = [
     "ShardFormatError",
     "ShardIntegrityError",
     "ShardJob",
+    "block_cells",
     "iter_shard_blocks",
+    "read_block",
     "load_manifest",
     "read_shards",
     "shard",

@@ -59,6 +59,29 @@ def iter_shard_blocks(path: str | Path) -> Iterator[dict[str, Any]]:
                                "corrupt: re-shard or restore it") from None
 
 
+def read_block(path: str | Path, entry: dict, block: int, fh=None) -> dict[str, Any]:
+    """Decodes block ``block`` of a shard by seeking to it (``entry`` is its manifest entry).
+
+    ``fh`` may be an already open binary file (or fsspec file) of the shard, to avoid reopening.
+    """
+    offset, size = entry["block_index"][block]
+    own = fh is None
+    if own:
+        fh = open(path, "rb")
+    try:
+        fh.seek(offset)
+        blob = fh.read(size)
+    finally:
+        if own:
+            fh.close()
+    if len(blob) != size:
+        raise ShardFormatError(f"{path}: block {block} is truncated ({len(blob)} of {size} bytes)")
+    try:
+        return decode_block(blob)
+    except ShardFormatError as e:
+        raise ShardFormatError(f"{path}: block {block}: {e}") from None
+
+
 def block_cells(block: dict[str, Any], obs_fields: list[str]) -> Iterator[dict[str, Any]]:
     """Splits a decoded block into per-cell dicts."""
     lengths = block["lengths"].astype(np.int64)

@@ -174,6 +174,7 @@ def write_unit(prep: _Prepared, unit: Unit, out: Path, progress=None) -> dict:
     tmp = out / f".{unit.file}.tmp-{os.getpid()}"
     n_tokens = total_counts = mapped_counts = 0.0
     n_blocks = 0
+    index: list[list[int]] = []
     try:
         with open(tmp, "wb") as raw, ThreadPoolExecutor(2) as pool:
             hw = _HashingWriter(raw)
@@ -193,14 +194,14 @@ def write_unit(prep: _Prepared, unit: Unit, out: Path, progress=None) -> dict:
                         chunk.data[gmap.col_token[chunk.indices] >= 0].sum(dtype=np.float64))
                     enc = pool.submit(_encode_blocks, prep, unit, chunk, tok)
                     if pending is not None:
-                        n_blocks, n_tokens = _add_members(tar, pending.result(), n_blocks, n_tokens)
+                        n_blocks, n_tokens = _add_members(tar, pending.result(), n_blocks, n_tokens, index)
                     pending = enc
                     if progress is not None:
                         progress(chunk.n_rows)
                     if _CHUNK_DELAY:
                         time.sleep(_CHUNK_DELAY)
                 if pending is not None:
-                    n_blocks, n_tokens = _add_members(tar, pending.result(), n_blocks, n_tokens)
+                    n_blocks, n_tokens = _add_members(tar, pending.result(), n_blocks, n_tokens, index)
             raw.flush()
             os.fsync(raw.fileno())
         os.replace(tmp, out / unit.file)
@@ -209,14 +210,17 @@ def write_unit(prep: _Prepared, unit: Unit, out: Path, progress=None) -> dict:
             tmp.unlink()
     entry = {"file": unit.file, "cells": unit.stop - unit.start, "tokens": int(n_tokens),
              "bytes": hw.n, "sha256": hw.sha.hexdigest(), "blocks": n_blocks,
-             "input": unit.input_index, "rows": [unit.start, unit.stop],
+             "input": unit.input_index, "rows": [unit.start, unit.stop], "block_index": index,
              "total_counts": total_counts, "mapped_counts": mapped_counts}
     atomic_write_json(sidecar_path(out, unit.file), entry)
     return entry
 
 
-def _add_members(tar: tarfile.TarFile, blocks, n_blocks: int, n_tokens: float):
+def _add_members(tar: tarfile.TarFile, blocks, n_blocks: int, n_tokens: float, index: list):
     for name, blob, ntok in blocks:
+        # Byte offset of the member's data (after its 512-byte header): lets readers seek to a
+        # block directly (exact resume, random access, ranged reads from object stores).
+        index.append([tar.offset + tarfile.BLOCKSIZE, len(blob)])
         info = tarfile.TarInfo(name)
         info.size = len(blob)
         info.mtime = 0
@@ -397,7 +401,7 @@ class ShardJob:
             "obs_fields": list(self.cfg.source.obs_fields), "block_cells": self.cfg.shard.block_cells,
             "cells_per_shard": self.cells_per_shard,
             "shards": [{k: e[k] for k in ("file", "cells", "tokens", "bytes", "sha256", "blocks",
-                                          "input", "rows")} for e in entries],
+                                          "input", "rows", "block_index")} for e in entries],
             "totals": {"cells": sum(e["cells"] for e in entries),
                        "tokens": sum(e["tokens"] for e in entries),
                        "bytes": sum(e["bytes"] for e in entries), "shards": len(entries),
