@@ -1,4 +1,4 @@
-"""Test and benchmark helpers: realistic synthetic single-cell count data."""
+"""Test and benchmark helpers: realistic synthetic single-cell raw-count data."""
 
 from __future__ import annotations
 
