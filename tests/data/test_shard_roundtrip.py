@@ -99,7 +99,9 @@ def test_target_shard_size_sets_cells_per_shard(tmp_path, pbmc_path):
     man = load_manifest(tmp_path / "o")
     sizes = [s["bytes"] for s in man["shards"][:-1]]
     assert len(man["shards"]) > 2
-    assert all(3e6 < b < 8e6 for b in sizes), sizes
+    # pbmc3k (first) has smaller cells than pbmc8k: shards vary, their mean hits the target.
+    assert all(2.5e6 < b < 10e6 for b in sizes), sizes
+    assert 4e6 < np.mean(sizes) < 6e6, sizes
 
 
 def test_several_inputs_one_corpus(tmp_path, pbmc_path, cellbench_path):

@@ -281,15 +281,20 @@ class ShardJob:
         self.cells_per_shard = cfg.shard.cells_per_shard or self._estimate_cells_per_shard()
 
     def _estimate_cells_per_shard(self) -> int:
-        """Cells per shard hitting ``target_shard_mb``, measured on the first input's first cells."""
+        """Cells per shard hitting ``target_shard_mb``, measured on blocks spread evenly over the
+        first input (deterministic: the same input and config always give the same answer)."""
         src = self.prep.sources[0]
-        n = min(src.n_cells, 4 * self.cfg.shard.block_cells)
-        chunk = src.read_rows(0, n)
-        tok = self.prep.tokenizer.tokenize(chunk, self.prep.maps[0], np.arange(n))
-        unit = Unit(0, 0, 0, n, 0)
-        size = sum(len(b) + 512 for _, b, _ in _encode_blocks(self.prep, unit, chunk, tok))
-        per_cell = max(size / n, 1.0)
         block = self.cfg.shard.block_cells
+        n = min(src.n_cells, block)
+        size = cells = 0
+        for start in sorted({int(s) for s in np.linspace(0, src.n_cells - n, 8)}):
+            chunk = src.read_rows(start, start + n)
+            tok = self.prep.tokenizer.tokenize(chunk, self.prep.maps[0],
+                                               np.arange(start, start + n))
+            unit = Unit(0, 0, start, start + n, 0)
+            size += sum(len(b) + 512 for _, b, _ in _encode_blocks(self.prep, unit, chunk, tok))
+            cells += n
+        per_cell = max(size / cells, 1.0)
         cps = int(self.cfg.shard.target_shard_mb * 1e6 / per_cell) // block * block
         return max(block, cps)
 
