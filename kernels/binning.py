@@ -18,7 +18,6 @@ import math
 import numba
 import numpy as np
 from numba import njit, prange
-
 from scforge.kernels.common import (
     GeneMap,
     compact,
@@ -95,9 +94,29 @@ def bin_value(x, edges, r):
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def _valued_chunk(indptr, indices, data, col_token, col_group, group_token, row_ids, mode, q,
-                  seed, target_sum, clip, order, max_genes, cls_id, eos_id, bounds, starts,
-                  out_tok, out_val, lengths):
+def _valued_chunk(
+    indptr,
+    indices,
+    data,
+    col_token,
+    col_group,
+    group_token,
+    row_ids,
+    mode,
+    q,
+    seed,
+    target_sum,
+    clip,
+    order,
+    max_genes,
+    cls_id,
+    eos_id,
+    bounds,
+    starts,
+    out_tok,
+    out_val,
+    lengths,
+):
     n_parts = len(bounds) - 1
     n_groups = len(group_token)
     for p in prange(n_parts):
@@ -121,8 +140,19 @@ def _valued_chunk(indptr, indices, data, col_token, col_group, group_token, row_
         group_acc = np.zeros(max(n_groups, 1), dtype=np.float64)
         touched = np.empty(max(n_groups, 1), dtype=np.int32)
         for r in range(lo, hi):
-            n = gather_cell(indptr, indices, data, r, col_token, col_group, group_token,
-                            group_acc, touched, tok, cnt)
+            n = gather_cell(
+                indptr,
+                indices,
+                data,
+                r,
+                col_token,
+                col_group,
+                group_token,
+                group_acc,
+                touched,
+                tok,
+                cnt,
+            )
             if mode == MODE_BINNED:
                 n_nz = 0
                 for k in range(indptr[r], indptr[r + 1]):
@@ -178,10 +208,23 @@ def _valued_chunk(indptr, indices, data, col_token, col_group, group_token, row_
             lengths[r] = j
 
 
-def valued_tokenize(indptr, indices, data, gene_map: GeneMap, *, mode: int, row_ids: np.ndarray,
-                    max_genes: int, order: str, n_bins: int = 51, seed: int = 0,
-                    target_sum: float = 10_000.0, clip: float = 0.0, cls_id: int = -1,
-                    eos_id: int = -1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def valued_tokenize(
+    indptr,
+    indices,
+    data,
+    gene_map: GeneMap,
+    *,
+    mode: int,
+    row_ids: np.ndarray,
+    max_genes: int,
+    order: str,
+    n_bins: int = 51,
+    seed: int = 0,
+    target_sum: float = 10_000.0,
+    clip: float = 0.0,
+    cls_id: int = -1,
+    eos_id: int = -1,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Shared driver of the binned and continuous kernels. Returns (tokens, values, offsets)."""
     if order not in ORDERS:
         raise ValueError(f"order={order!r} is not one of {sorted(ORDERS)}")
@@ -197,19 +240,48 @@ def valued_tokenize(indptr, indices, data, gene_map: GeneMap, *, mode: int, row_
     q = np.linspace(0, 1, n_bins - 1) if mode == MODE_BINNED else np.zeros(0)
     bounds = partition_rows(n_rows, 4 * numba.get_num_threads())
     if n_rows:
-        _valued_chunk(indptr, indices, data, gene_map.col_token, gene_map.col_group,
-                      gene_map.group_token, np.ascontiguousarray(row_ids, dtype=np.int64),
-                      int(mode), q, np.uint64(seed), float(target_sum), float(clip),
-                      ORDERS[order], int(max_genes), int(cls_id), int(eos_id), bounds, starts,
-                      out_tok, out_val, lengths)
+        _valued_chunk(
+            indptr,
+            indices,
+            data,
+            gene_map.col_token,
+            gene_map.col_group,
+            gene_map.group_token,
+            np.ascontiguousarray(row_ids, dtype=np.int64),
+            int(mode),
+            q,
+            np.uint64(seed),
+            float(target_sum),
+            float(clip),
+            ORDERS[order],
+            int(max_genes),
+            int(cls_id),
+            int(eos_id),
+            bounds,
+            starts,
+            out_tok,
+            out_val,
+            lengths,
+        )
     tokens, offsets = compact(out_tok, starts, lengths)
     values, _ = compact(out_val, starts, lengths)
     return tokens, values, offsets
 
 
-def binned_tokenize(indptr, indices, data, gene_map: GeneMap, *, row_ids: np.ndarray,
-                    n_bins: int = 51, seed: int = 0, max_genes: int, order: str = "input",
-                    cls_id: int = -1, eos_id: int = -1):
+def binned_tokenize(
+    indptr,
+    indices,
+    data,
+    gene_map: GeneMap,
+    *,
+    row_ids: np.ndarray,
+    n_bins: int = 51,
+    seed: int = 0,
+    max_genes: int,
+    order: str = "input",
+    cls_id: int = -1,
+    eos_id: int = -1,
+):
     """Tokenizes a CSR chunk into (tokens, bins as uint8, offsets); see the module docstring.
 
     ``row_ids`` are the cells' global indices: together with ``seed`` they key the tie-breaks,
@@ -218,8 +290,19 @@ def binned_tokenize(indptr, indices, data, gene_map: GeneMap, *, row_ids: np.nda
     if not 3 <= n_bins <= 256:
         raise ValueError(f"n_bins={n_bins} must be in [3, 256] (bins are stored as uint8)")
     tokens, values, offsets = valued_tokenize(
-        indptr, indices, data, gene_map, mode=MODE_BINNED, row_ids=row_ids, max_genes=max_genes,
-        order=order, n_bins=n_bins, seed=seed, cls_id=cls_id, eos_id=eos_id)
+        indptr,
+        indices,
+        data,
+        gene_map,
+        mode=MODE_BINNED,
+        row_ids=row_ids,
+        max_genes=max_genes,
+        order=order,
+        n_bins=n_bins,
+        seed=seed,
+        cls_id=cls_id,
+        eos_id=eos_id,
+    )
     return tokens, values.astype(np.uint8), offsets
 
 
@@ -228,9 +311,20 @@ def quantile_edges_reference(nonzero: np.ndarray, n_bins: int) -> np.ndarray:
     return np.quantile(nonzero, np.linspace(0, 1, n_bins - 1))
 
 
-def binned_reference(indptr, indices, data, gene_map: GeneMap, *, row_ids, n_bins: int = 51,
-                     seed: int = 0, max_genes: int, order: str = "input", cls_id: int = -1,
-                     eos_id: int = -1):
+def binned_reference(
+    indptr,
+    indices,
+    data,
+    gene_map: GeneMap,
+    *,
+    row_ids,
+    n_bins: int = 51,
+    seed: int = 0,
+    max_genes: int,
+    order: str = "input",
+    cls_id: int = -1,
+    eos_id: int = -1,
+):
     """Plain-NumPy twin of :func:`binned_tokenize` (per cell, np.quantile + np.digitize)."""
     toks, vals, lens = [], [], []
     for r in range(len(indptr) - 1):
@@ -266,10 +360,8 @@ def _collapse_reference(cols, x, gene_map: GeneMap):
 def _order_reference(tok, cnt, max_genes: int, order: str) -> np.ndarray:
     n = len(tok)
     pos = np.arange(n)
-    if order == "expression" or n > max_genes:
-        sel = np.lexsort((tok, -cnt))[:max_genes]
-    else:
-        sel = pos
+    expr_first = order == "expression" or n > max_genes
+    sel = np.lexsort((tok, -cnt))[:max_genes] if expr_first else pos
     if order == "input":
         return np.sort(sel)
     if order == "token":

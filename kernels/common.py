@@ -37,7 +37,9 @@ class GeneMap:
         """Builds the collapse groups from a column->token array (-1 = unmapped)."""
         col_token = np.ascontiguousarray(col_token, dtype=np.int32)
         mapped = np.flatnonzero(col_token >= 0)
-        toks, inverse, counts = np.unique(col_token[mapped], return_inverse=True, return_counts=True)
+        toks, inverse, counts = np.unique(
+            col_token[mapped], return_inverse=True, return_counts=True
+        )
         dup_tok_mask = counts > 1
         group_of_unique = np.full(len(toks), -1, dtype=np.int32)
         group_of_unique[dup_tok_mask] = np.arange(int(dup_tok_mask.sum()), dtype=np.int32)
@@ -51,8 +53,19 @@ class GeneMap:
 
 
 @njit(cache=True, nogil=True)
-def gather_cell(indptr, indices, data, row, col_token, col_group, group_token, group_acc,
-                touched, out_tok, out_val):
+def gather_cell(
+    indptr,
+    indices,
+    data,
+    row,
+    col_token,
+    col_group,
+    group_token,
+    group_acc,
+    touched,
+    out_tok,
+    out_val,
+):
     """Collects (token, count) of one row's vocabulary genes, summing collapsed columns.
 
     Returns the number of entries written to ``out_tok``/``out_val`` (float64 counts).
@@ -183,7 +196,9 @@ def partition_rows(n_rows: int, n_parts: int) -> np.ndarray:
     return np.linspace(0, n_rows, n_parts + 1).astype(np.int64)
 
 
-def compact(buf: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def compact(
+    buf: np.ndarray, starts: np.ndarray, lengths: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Packs per-row segments ``buf[starts[i]:starts[i]+lengths[i]]`` into one ragged array."""
     offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])

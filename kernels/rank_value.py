@@ -13,13 +13,27 @@ from __future__ import annotations
 import numba
 import numpy as np
 from numba import njit, prange
-
 from scforge.kernels.common import GeneMap, compact, gather_cell, partition_rows, sort_desc
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def _rank_value_chunk(indptr, indices, data, col_token, col_group, group_token, token_factor,
-                      target_sum, max_genes, cls_id, eos_id, bounds, starts, out, lengths):
+def _rank_value_chunk(
+    indptr,
+    indices,
+    data,
+    col_token,
+    col_group,
+    group_token,
+    token_factor,
+    target_sum,
+    max_genes,
+    cls_id,
+    eos_id,
+    bounds,
+    starts,
+    out,
+    lengths,
+):
     n_parts = len(bounds) - 1
     n_groups = len(group_token)
     for p in prange(n_parts):
@@ -42,8 +56,19 @@ def _rank_value_chunk(indptr, indices, data, col_token, col_group, group_token, 
             n_counts = 0.0
             for k in range(indptr[r], indptr[r + 1]):
                 n_counts += np.float64(data[k])
-            n = gather_cell(indptr, indices, data, r, col_token, col_group, group_token,
-                            group_acc, touched, tok, val)
+            n = gather_cell(
+                indptr,
+                indices,
+                data,
+                r,
+                col_token,
+                col_group,
+                group_token,
+                group_acc,
+                touched,
+                tok,
+                val,
+            )
             for i in range(n):
                 val[i] = val[i] / n_counts * target_sum / token_factor[tok[i]]
             sort_desc(val, tok, n, fkey, key_tmp, idx, idx_tmp, counts, digits, False)
@@ -99,9 +124,23 @@ def rank_value_tokenize(
     lengths = np.zeros(n_rows, dtype=np.int64)
     bounds = partition_rows(n_rows, 4 * numba.get_num_threads())
     if n_rows:
-        _rank_value_chunk(indptr, indices, data, gene_map.col_token, gene_map.col_group,
-                          gene_map.group_token, token_median, float(target_sum), int(max_genes),
-                          int(cls_id), int(eos_id), bounds, starts, out, lengths)
+        _rank_value_chunk(
+            indptr,
+            indices,
+            data,
+            gene_map.col_token,
+            gene_map.col_group,
+            gene_map.group_token,
+            token_median,
+            float(target_sum),
+            int(max_genes),
+            int(cls_id),
+            int(eos_id),
+            bounds,
+            starts,
+            out,
+            lengths,
+        )
     return compact(out, starts, lengths)
 
 

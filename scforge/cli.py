@@ -1,8 +1,8 @@
 """The ``scforge`` command: one entry point for every stage.
 
-    scforge demo [--out DIR]          shard the bundled pbmc3k dataset and show the result
-    scforge shard ...                 same as ``scforge-shard ...``
-    scforge inspect DIR               same as ``scforge-shard inspect DIR``
+scforge demo [--out DIR]          shard the bundled pbmc3k dataset and show the result
+scforge shard ...                 same as ``scforge-shard ...``
+scforge inspect DIR               same as ``scforge-shard inspect DIR``
 """
 
 from __future__ import annotations
@@ -18,14 +18,21 @@ def _demo(argv: list[str]) -> int:
     from scforge.data.shard.inspect import inspect
     from scforge.resources import DEFAULT_DATASET
 
-    ap = argparse.ArgumentParser(prog="scforge demo",
-                                 description="Shard the bundled pbmc3k dataset (2,638 real cells).")
+    ap = argparse.ArgumentParser(
+        prog="scforge demo", description="Shard the bundled pbmc3k dataset (2,638 real cells)."
+    )
     ap.add_argument("--out", default="demo_out", help="output directory (default: demo_out)")
-    ap.add_argument("--strategy", default="rank_value",
-                    choices=["rank_value", "binned_expression", "continuous_projection"])
+    ap.add_argument(
+        "--strategy",
+        default="rank_value",
+        choices=["rank_value", "binned_expression", "continuous_projection"],
+    )
     args = ap.parse_args(argv)
-    recipe = {"rank_value": "geneformer_v2", "binned_expression": "scgpt_binned",
-              "continuous_projection": "continuous"}[args.strategy]
+    recipe = {
+        "rank_value": "geneformer_v2",
+        "binned_expression": "scgpt_binned",
+        "continuous_projection": "continuous",
+    }[args.strategy]
     cfg_path = Path(__file__).resolve().parents[1] / "configs" / "shard" / f"{recipe}.yaml"
     out = Path(args.out) / f"shards_{recipe}"
     print(f"[scforge demo] dataset: {DEFAULT_DATASET.name} (10x PBMC 3k, raw UMI counts)")
@@ -39,8 +46,10 @@ def _demo(argv: list[str]) -> int:
     if code != 0:
         return code
     print(inspect(out, n_cells=3, n_genes=10))
-    print(f"[scforge demo] done in {time.perf_counter() - t0:.1f} s; shards in {out}/ "
-          f"(read them with scforge.data.read_shards('{out}'))")
+    print(
+        f"[scforge demo] done in {time.perf_counter() - t0:.1f} s; shards in {out}/ "
+        f"(read them with scforge.data.read_shards('{out}'))"
+    )
     return 0
 
 

@@ -29,7 +29,9 @@ def pytest_collection_modifyitems(config, items):
 def shared(name: str) -> Path:
     path = SHARED / name
     if not path.exists():
-        pytest.fail(f"shared test data {path} is missing (expected ../shared/data next to the repo)")
+        pytest.fail(
+            f"shared test data {path} is missing (expected ../shared/data next to the repo)"
+        )
     return path
 
 

@@ -17,8 +17,11 @@ def test_every_recipe_loads(recipe):
 
 
 def test_overrides_apply_and_are_typed():
-    cfg = load_config(ShardJobConfig, [REPO / "configs/shard/scgpt_binned.yaml"],
-                      ["tokenizer.binned_expression.n_bins=21", "source.obs_fields=[a,b]"])
+    cfg = load_config(
+        ShardJobConfig,
+        [REPO / "configs/shard/scgpt_binned.yaml"],
+        ["tokenizer.binned_expression.n_bins=21", "source.obs_fields=[a,b]"],
+    )
     assert cfg.tokenizer.binned_expression.n_bins == 21
     assert cfg.source.obs_fields == ["a", "b"]
     assert isinstance(cfg, ShardJobConfig)
@@ -26,11 +29,13 @@ def test_overrides_apply_and_are_typed():
 
 @pytest.mark.parametrize(
     ("override", "key"),
-    [("tokenizer.max_lenght=10", "tokenizer.max_lenght"),
-     ("shard.block_cells=lots", "shard.block_cells"),
-     ("nonsense=1", "nonsense"),
-     ("tokenizer.binned_expression.n_bins=1000", "tokenizer.binned_expression.n_bins"),
-     ("vocab.kind=word", "vocab.kind")],
+    [
+        ("tokenizer.max_lenght=10", "tokenizer.max_lenght"),
+        ("shard.block_cells=lots", "shard.block_cells"),
+        ("nonsense=1", "nonsense"),
+        ("tokenizer.binned_expression.n_bins=1000", "tokenizer.binned_expression.n_bins"),
+        ("vocab.kind=word", "vocab.kind"),
+    ],
 )
 def test_bad_keys_fail_at_load_with_name(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):

@@ -63,11 +63,15 @@ def build_dataset() -> None:
     sub.X = sp.csr_matrix(sub.X, dtype=np.float32)
     sub.obs = sub.obs[["cell_type", "batch"]].copy()
     sub.var = sub.var[["gene_symbols"]].copy()
-    sub.uns = {"source": "10x Genomics PBMC 3k (v1 chemistry), raw UMI counts; cells of "
-                         "pbmc_2batch.h5ad batch pbmc3k, genes detected in >= 1 cell"}
+    sub.uns = {
+        "source": "10x Genomics PBMC 3k (v1 chemistry), raw UMI counts; cells of "
+        "pbmc_2batch.h5ad batch pbmc3k, genes detected in >= 1 cell"
+    }
     path = OUT / "pbmc3k.h5ad"
     sub.write_h5ad(path, compression="gzip", compression_opts=9)
-    print(f"{path.name}: {sub.n_obs} cells x {sub.n_vars} genes, {path.stat().st_size / 1e6:.2f} MB")
+    print(
+        f"{path.name}: {sub.n_obs} cells x {sub.n_vars} genes, {path.stat().st_size / 1e6:.2f} MB"
+    )
 
 
 if __name__ == "__main__":

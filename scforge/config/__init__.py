@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from scforge.config.loader import ConfigError, load_config, to_yaml
 from scforge.config.schema import (
-    RankValueConfig,
     BinnedConfig,
     ContinuousConfig,
+    RankValueConfig,
     ShardConfig,
     ShardJobConfig,
     SourceConfig,

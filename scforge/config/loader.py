@@ -52,7 +52,9 @@ def load_config(
             raise ConfigError(f"config file {str(path)!r} is not valid YAML: {e}") from None
     for item in overrides:
         if "=" not in item:
-            raise ConfigError(f"override {item!r} is not key=value (e.g. shard.cells_per_shard=1000)")
+            raise ConfigError(
+                f"override {item!r} is not key=value (e.g. shard.cells_per_shard=1000)"
+            )
     try:
         if overrides:
             layers.append(OmegaConf.from_dotlist(list(overrides)))

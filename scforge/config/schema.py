@@ -133,28 +133,37 @@ class ShardJobConfig:
                 "[3, 256] (bins are stored as uint8)"
             )
         orders = ("input", "token", "expression")
-        for key, val in (("binned_expression", tok.binned_expression.order),
-                         ("continuous_projection", tok.continuous_projection.order)):
+        for key, val in (
+            ("binned_expression", tok.binned_expression.order),
+            ("continuous_projection", tok.continuous_projection.order),
+        ):
             if val not in orders:
                 raise ConfigError(f"tokenizer.{key}.order={val!r}; choose one of {list(orders)}")
         cp = tok.continuous_projection
         if cp.transform not in ("log1p", "raw"):
-            raise ConfigError(f"tokenizer.continuous_projection.transform={cp.transform!r}; "
-                              "choose 'log1p' or 'raw'")
+            raise ConfigError(
+                f"tokenizer.continuous_projection.transform={cp.transform!r}; "
+                "choose 'log1p' or 'raw'"
+            )
         if cp.value_dtype not in ("float16", "float32"):
-            raise ConfigError(f"tokenizer.continuous_projection.value_dtype={cp.value_dtype!r}; "
-                              "choose 'float16' or 'float32'")
+            raise ConfigError(
+                f"tokenizer.continuous_projection.value_dtype={cp.value_dtype!r}; "
+                "choose 'float16' or 'float32'"
+            )
         if self.shard.block_cells < 1 or self.shard.cells_per_shard < 0:
             raise ConfigError("shard.block_cells must be >= 1 and shard.cells_per_shard >= 0")
         if self.shard.workers < 1:
             raise ConfigError(f"shard.workers={self.shard.workers} must be >= 1")
         if not 1 <= self.shard.compression_level <= 22:
-            raise ConfigError(f"shard.compression_level={self.shard.compression_level} must be "
-                              "in [1, 22]")
+            raise ConfigError(
+                f"shard.compression_level={self.shard.compression_level} must be in [1, 22]"
+            )
         if self.source.chunk_cells < 1:
             raise ConfigError(f"source.chunk_cells={self.source.chunk_cells} must be >= 1")
         if self.vocab.kind not in ("geneformer_v2", "geneformer_v1", "scgpt", "json"):
-            raise ConfigError(f"vocab.kind={self.vocab.kind!r}; choose geneformer_v2, "
-                              "geneformer_v1, scgpt or json")
+            raise ConfigError(
+                f"vocab.kind={self.vocab.kind!r}; choose geneformer_v2, "
+                "geneformer_v1, scgpt or json"
+            )
         if self.vocab.kind == "json" and not self.vocab.token_dictionary:
             raise ConfigError("vocab.kind=json needs vocab.token_dictionary=<path to JSON>")

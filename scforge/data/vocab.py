@@ -25,10 +25,16 @@ ENSEMBL_RE = re.compile(r"^ENS[A-Z]*G\d{6,}(\.\d+)?$")
 SPECIAL_NAMES = ("<pad>", "<mask>", "<cls>", "<eos>")
 
 _BUNDLED = {
-    "geneformer_v2": ("geneformer_v2_token_dictionary.json.gz", "geneformer_v2_gene_medians.json.gz",
-                      "geneformer_v2_ensembl_mapping.json.gz"),
-    "geneformer_v1": ("geneformer_v1_token_dictionary.json.gz", "geneformer_v1_gene_medians.json.gz",
-                      ""),
+    "geneformer_v2": (
+        "geneformer_v2_token_dictionary.json.gz",
+        "geneformer_v2_gene_medians.json.gz",
+        "geneformer_v2_ensembl_mapping.json.gz",
+    ),
+    "geneformer_v1": (
+        "geneformer_v1_token_dictionary.json.gz",
+        "geneformer_v1_gene_medians.json.gz",
+        "",
+    ),
     "scgpt": ("scgpt_census_vocab.json.gz", "", ""),
 }
 SYMBOL_TO_ID = "geneformer_v2_gene_name_id.json.gz"
@@ -88,9 +94,15 @@ class GeneVocab:
             ignored, as in Geneformer).
     """
 
-    def __init__(self, tokens: dict[str, int], *, name: str, keyed_by: str,
-                 medians: dict[str, float] | None = None,
-                 id_mapping: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        tokens: dict[str, int],
+        *,
+        name: str,
+        keyed_by: str,
+        medians: dict[str, float] | None = None,
+        id_mapping: dict[str, str] | None = None,
+    ) -> None:
         if keyed_by not in ("ensembl", "symbol"):
             raise ValueError(f"keyed_by={keyed_by!r}; use 'ensembl' or 'symbol'")
         ids = list(tokens.values())
@@ -109,8 +121,14 @@ class GeneVocab:
 
     # ----------------------------------------------------------------- constructors
     @classmethod
-    def from_geneformer(cls, version: str = "v2", *, token_dictionary: str = "",
-                        gene_medians: str = "", id_mapping: str = "auto") -> GeneVocab:
+    def from_geneformer(
+        cls,
+        version: str = "v2",
+        *,
+        token_dictionary: str = "",
+        gene_medians: str = "",
+        id_mapping: str = "auto",
+    ) -> GeneVocab:
         """Geneformer V1 or V2 dictionaries (bundled, or JSON paths overriding them)."""
         if version not in ("v1", "v2"):
             raise ValueError(f"Geneformer version {version!r}; use 'v1' or 'v2'")
@@ -179,8 +197,10 @@ class GeneVocab:
     def median_array(self) -> np.ndarray:
         """float64 [size] medians by token id (1.0 for specials / genes without a median)."""
         if self.medians is None:
-            raise VocabError(f"vocabulary {self.name!r} has no gene medians; rank_value needs "
-                             "them (set vocab.gene_medians=<median JSON>)")
+            raise VocabError(
+                f"vocabulary {self.name!r} has no gene medians; rank_value needs "
+                "them (set vocab.gene_medians=<median JSON>)"
+            )
         arr = np.ones(self.size, dtype=np.float64)
         for g, t in self.tokens.items():
             m = self.medians.get(g)
@@ -198,14 +218,25 @@ class GeneVocab:
         return out
 
     def describe(self) -> dict:
-        return {"name": self.name, "keyed_by": self.keyed_by, "size": self.size,
-                "n_genes": sum(not g.startswith("<") for g in self.tokens),
-                "specials": self.specials, "hash": self.hash,
-                "id_mapping": self.id_mapping is not None}
+        return {
+            "name": self.name,
+            "keyed_by": self.keyed_by,
+            "size": self.size,
+            "n_genes": sum(not g.startswith("<") for g in self.tokens),
+            "specials": self.specials,
+            "hash": self.hash,
+            "id_mapping": self.id_mapping is not None,
+        }
 
     # ----------------------------------------------------------------- mapping
-    def map_genes(self, var_ids: list[str], *, var_symbols: list[str] | None = None,
-                  symbol_mapping: str = "auto", min_overlap: float = 0.0) -> tuple[GeneMap, MappingReport]:
+    def map_genes(
+        self,
+        var_ids: list[str],
+        *,
+        var_symbols: list[str] | None = None,
+        symbol_mapping: str = "auto",
+        min_overlap: float = 0.0,
+    ) -> tuple[GeneMap, MappingReport]:
         """Maps an input's genes (columns) onto token ids.
 
         Args:
@@ -222,7 +253,8 @@ class GeneVocab:
             raise VocabError(
                 f"input gene ids are not unique ({len(dup)} duplicated, e.g. {dup[0]!r}); make "
                 "them unique (anndata: adata.var_names_make_unique()) or pick another id column "
-                "with source.gene_column=<var column>")
+                "with source.gene_column=<var column>"
+            )
         ids_are_ensembl = looks_like_ensembl(list(var_ids[:5000]))
         keys, via = self._keys_for(var_ids, var_symbols, ids_are_ensembl, symbol_mapping)
         col_token = np.full(len(var_ids), -1, dtype=np.int32)
@@ -242,15 +274,21 @@ class GeneVocab:
         gene_map = GeneMap.from_col_token(col_token)
         unmapped = [str(var_ids[i]) for i in np.flatnonzero(col_token < 0)[:5]]
         report = MappingReport(
-            n_input_genes=len(var_ids), n_mapped_genes=int((col_token >= 0).sum()),
-            n_tokens_hit=len(np.unique(col_token[col_token >= 0])), n_remapped=n_remapped,
-            n_collapse_groups=gene_map.n_groups, via=via, examples_unmapped=unmapped)
+            n_input_genes=len(var_ids),
+            n_mapped_genes=int((col_token >= 0).sum()),
+            n_tokens_hit=len(np.unique(col_token[col_token >= 0])),
+            n_remapped=n_remapped,
+            n_collapse_groups=gene_map.n_groups,
+            via=via,
+            examples_unmapped=unmapped,
+        )
         if report.fraction_mapped < min_overlap or report.n_mapped_genes == 0:
             raise VocabError(
                 f"only {report.n_mapped_genes} of {report.n_input_genes} input genes "
                 f"({100 * report.fraction_mapped:.1f}%) are in vocabulary {self.name!r} "
                 f"(mapped via {via}; unmapped e.g. {unmapped[:3]}); check the organism and gene "
-                "id column (source.gene_column), or use a vocabulary built for this data")
+                "id column (source.gene_column), or use a vocabulary built for this data"
+            )
         return gene_map, report
 
     def _keys_for(self, var_ids, var_symbols, ids_are_ensembl, symbol_mapping):
@@ -268,15 +306,23 @@ class GeneVocab:
         return [id2name.get(str(g).split(".")[0]) for g in var_ids], "GENCODE id->symbol"
 
 
-def build_vocab(kind: str, *, token_dictionary: str = "", gene_medians: str = "",
-                id_mapping: str = "auto") -> GeneVocab:
+def build_vocab(
+    kind: str, *, token_dictionary: str = "", gene_medians: str = "", id_mapping: str = "auto"
+) -> GeneVocab:
     """Vocabulary from a config ``vocab.kind`` (see :class:`scforge.config.VocabConfig`)."""
     if kind in ("geneformer_v2", "geneformer_v1"):
-        return GeneVocab.from_geneformer(kind[-2:], token_dictionary=token_dictionary,
-                                         gene_medians=gene_medians, id_mapping=id_mapping)
+        return GeneVocab.from_geneformer(
+            kind[-2:],
+            token_dictionary=token_dictionary,
+            gene_medians=gene_medians,
+            id_mapping=id_mapping,
+        )
     if kind == "scgpt":
         return GeneVocab.from_scgpt(token_dictionary)
     if kind == "json":
-        return GeneVocab.from_json(token_dictionary, medians=gene_medians,
-                                   id_mapping="none" if id_mapping == "auto" else id_mapping)
+        return GeneVocab.from_json(
+            token_dictionary,
+            medians=gene_medians,
+            id_mapping="none" if id_mapping == "auto" else id_mapping,
+        )
     raise VocabError(f"vocab.kind={kind!r}; choose geneformer_v2, geneformer_v1, scgpt or json")

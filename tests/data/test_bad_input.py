@@ -19,16 +19,19 @@ from tests.conftest import REPO
 
 def _write(path: Path, x, var_names=None, obs=None) -> Path:
     n, g = x.shape
-    var = pd.DataFrame(index=var_names if var_names is not None else
-                       [f"ENSG{i:011d}" for i in range(3, 3 + g)])
-    a = ad.AnnData(X=x, var=var, obs=obs if obs is not None else
-                   pd.DataFrame(index=[f"c{i}" for i in range(n)]))
+    var = pd.DataFrame(
+        index=var_names if var_names is not None else [f"ENSG{i:011d}" for i in range(3, 3 + g)]
+    )
+    a = ad.AnnData(
+        X=x,
+        var=var,
+        obs=obs if obs is not None else pd.DataFrame(index=[f"c{i}" for i in range(n)]),
+    )
     a.write_h5ad(path)
     return path
 
 
 def _real_ids(n: int) -> list[str]:
-    import json
 
     from scforge.resources import load_json
 
@@ -59,8 +62,11 @@ def _counts(n=50, g=40, seed=0):
 
 @pytest.mark.parametrize(
     ("mutate", "needle"),
-    [(lambda x: np.log1p(x), "non-integer"), (lambda x: -x, "negative"),
-     (lambda x: x.__setitem__(slice(None), np.nan) or x, "nan")],
+    [
+        (lambda x: np.log1p(x), "non-integer"),
+        (lambda x: -x, "negative"),
+        (lambda x: x.__setitem__(slice(None), np.nan) or x, "nan"),
+    ],
 )
 def test_values_not_raw_counts(tmp_path, capsys, mutate, needle):
     x = _counts()
@@ -102,8 +108,9 @@ def test_empty_and_truncated_files(tmp_path, capsys, cellbench_path):
 
 
 def test_no_cells(tmp_path, capsys):
-    path = _write(tmp_path / "zero.h5ad", sp.csr_matrix((0, 40), dtype=np.float32),
-                  var_names=_real_ids(40))
+    path = _write(
+        tmp_path / "zero.h5ad", sp.csr_matrix((0, 40), dtype=np.float32), var_names=_real_ids(40)
+    )
     code, err = _run(capsys, path, "--out", tmp_path / "o")
     _assert_clean_failure(code, err, tmp_path / "o", "no cells")
 
@@ -112,17 +119,20 @@ def test_output_dir_of_other_tokenizer_config(tmp_path, capsys, cellbench_path):
     out = tmp_path / "o"
     assert _run(capsys, cellbench_path, "--out", out)[0] == 0
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    code, err = _run(capsys, cellbench_path, "--out", out, "--config",
-                     REPO / "configs/shard/geneformer_v1.yaml")
+    code, err = _run(
+        capsys, cellbench_path, "--out", out, "--config", REPO / "configs/shard/geneformer_v1.yaml"
+    )
     assert code == 2 and "different job" in err and "tokenizer" in err
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
 @pytest.mark.parametrize(
     ("override", "needle"),
-    [("tokenizer.stratgy=rank_value", "tokenizer.stratgy"),
-     ("shard.cells_per_shard=many", "shard.cells_per_shard"),
-     ("tokenizer.strategy=word2vec", "tokenizer.strategy")],
+    [
+        ("tokenizer.stratgy=rank_value", "tokenizer.stratgy"),
+        ("shard.cells_per_shard=many", "shard.cells_per_shard"),
+        ("tokenizer.strategy=word2vec", "tokenizer.strategy"),
+    ],
 )
 def test_bad_config_keys(tmp_path, capsys, cellbench_path, override, needle):
     code, err = _run(capsys, cellbench_path, "--out", tmp_path / "o", override)
@@ -139,7 +149,8 @@ def test_csc_matrix_refused_with_fix(tmp_path, capsys):
 def test_console_script_exit_code(tmp_path, mouse_path):
     exe = shutil.which("scforge-shard", path=str(Path(sys.executable).parent))
     assert exe is not None
-    proc = subprocess.run([exe, str(mouse_path), "--out", str(tmp_path / "o")],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [exe, str(mouse_path), "--out", str(tmp_path / "o")], capture_output=True, text=True
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("scforge-shard: error:")

@@ -9,8 +9,12 @@ import sys
 import time
 from pathlib import Path
 
-ARGS = ["shard.cells_per_shard=1000", "source.chunk_cells=256", "shard.block_cells=128",
-        "--no-progress"]
+ARGS = [
+    "shard.cells_per_shard=1000",
+    "source.chunk_cells=256",
+    "shard.block_cells=128",
+    "--no-progress",
+]
 
 
 def _cmd(inp: Path, out: Path) -> list[str]:
@@ -27,8 +31,9 @@ def test_kill9_then_rerun_is_byte_identical(tmp_path, pbmc_path):
 
     out = tmp_path / "crashed"
     env = {**os.environ, "SCFORGE_SHARD_CHUNK_DELAY": "0.25"}
-    proc = subprocess.Popen(_cmd(pbmc_path, out), env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _cmd(pbmc_path, out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 120
     while time.time() < deadline and len(list(out.glob("shard-*.tar.json"))) < 2:
         time.sleep(0.05)
@@ -46,4 +51,5 @@ def test_kill9_then_rerun_is_byte_identical(tmp_path, pbmc_path):
     assert not list(out.glob(".*tmp*"))
     assert _files(out) == _files(whole)
     assert (out / "manifest.json").read_text() == (whole / "manifest.json").read_text().replace(
-        str(whole), str(out))
+        str(whole), str(out)
+    )

@@ -30,8 +30,13 @@ def _cfg(recipe: str, *overrides: str) -> ShardJobConfig:
 @pytest.mark.parametrize("dataset", ["pbmc_2batch.h5ad", "cellbench_5batch.h5ad"])
 def test_roundtrip_equals_direct_tokenization(tmp_path, strategy, dataset):
     path = shared(dataset)
-    cfg = _cfg(RECIPES[strategy], "shard.cells_per_shard=1024", "shard.block_cells=100",
-               "source.chunk_cells=300", "source.obs_fields=[cell_type,batch]")
+    cfg = _cfg(
+        RECIPES[strategy],
+        "shard.cells_per_shard=1024",
+        "shard.block_cells=100",
+        "source.chunk_cells=300",
+        "source.obs_fields=[cell_type,batch]",
+    )
     job = ShardJob([str(path)], tmp_path / "out", cfg, progress=False)
     summary = job.run()
     assert summary["complete"]
@@ -136,8 +141,9 @@ def test_partitions_union_is_whole_corpus(tmp_path, pbmc_path):
 def test_worker_pool_output_identical(tmp_path, cellbench_path):
     cfg = _cfg("scgpt_binned.yaml", "shard.cells_per_shard=300")
     ShardJob([str(cellbench_path)], tmp_path / "a", cfg, progress=False).run()
-    cfg2 = _cfg("scgpt_binned.yaml", "shard.cells_per_shard=300", "shard.workers=2",
-                "source.chunk_cells=64")
+    cfg2 = _cfg(
+        "scgpt_binned.yaml", "shard.cells_per_shard=300", "shard.workers=2", "source.chunk_cells=64"
+    )
     ShardJob([str(cellbench_path)], tmp_path / "b", cfg2, progress=False).run()
     a = load_manifest(tmp_path / "a")["shards"]
     b = load_manifest(tmp_path / "b")["shards"]
@@ -164,7 +170,12 @@ def test_block_index_allows_direct_reads(tmp_path, cellbench_path):
     for entry in man["shards"]:
         path = tmp_path / "o" / entry["file"]
         streamed = list(iter_shard_blocks(path))
-        assert len(entry["block_index"]) == entry["blocks"] == len(streamed) == -(-entry["cells"] // 100)
+        assert (
+            len(entry["block_index"])
+            == entry["blocks"]
+            == len(streamed)
+            == -(-entry["cells"] // 100)
+        )
         for i in sorted({len(streamed) - 1, 0, len(streamed) // 2}, reverse=True):
             direct = read_block(path, entry, i)
             assert np.array_equal(direct["tokens"], streamed[i]["tokens"])

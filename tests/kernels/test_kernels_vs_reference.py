@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import scipy.sparse as sp
-
 from scforge.kernels import (
     GeneMap,
     binned_reference,
@@ -20,8 +19,14 @@ from scforge.kernels import (
 def _random_case(seed: int, n_cells: int = 150, n_genes: int = 400):
     rng = np.random.default_rng(seed)
     dens = rng.uniform(0.01, 0.5)
-    x = sp.random(n_cells, n_genes, density=dens, format="csr", random_state=seed,
-                  data_rvs=lambda k: rng.integers(1, 30, size=k).astype(np.float32))
+    x = sp.random(
+        n_cells,
+        n_genes,
+        density=dens,
+        format="csr",
+        random_state=seed,
+        data_rvs=lambda k: rng.integers(1, 30, size=k).astype(np.float32),
+    )
     x.data = x.data.astype(np.float32)
     x.sort_indices()
     col_token = rng.integers(4, 300, size=n_genes).astype(np.int32)  # collisions -> collapse groups
@@ -47,12 +52,15 @@ def test_rank_value_handles_empty_rows_and_offset_indptr():
     x = sp.csr_matrix(np.array([[0, 0, 0], [1, 2, 0], [0, 0, 0], [5, 0, 1]], dtype=np.float32))
     gmap = GeneMap.from_col_token(np.array([4, 5, 6], dtype=np.int32))
     med = np.ones(7)
-    t, o = rank_value_tokenize(x.indptr.astype(np.int64), x.indices, x.data, gmap, med, max_genes=10)
+    t, o = rank_value_tokenize(
+        x.indptr.astype(np.int64), x.indices, x.data, gmap, med, max_genes=10
+    )
     assert o.tolist() == [0, 0, 2, 2, 4]
     assert t.tolist() == [5, 4, 4, 6]
     # Sub-range of a bigger CSR (indptr[0] != 0) reads the right rows.
-    t2, o2 = rank_value_tokenize(x.indptr[2:].astype(np.int64), x.indices, x.data, gmap, med,
-                                 max_genes=10)
+    t2, o2 = rank_value_tokenize(
+        x.indptr[2:].astype(np.int64), x.indices, x.data, gmap, med, max_genes=10
+    )
     assert t2.tolist() == [4, 6] and o2.tolist() == [0, 0, 2]
 
 
@@ -86,8 +94,14 @@ def test_binned_edges_match_numpy_quantile_on_float_data():
 @pytest.mark.parametrize("order", ["input", "token", "expression"])
 def test_continuous_kernel_matches_reference(seed, transform, order):
     x, gmap, _ = _random_case(seed)
-    kw = dict(max_genes=20, transform=transform, clip=3.0 if transform == "log1p" else 0.0,
-              order=order, cls_id=2, eos_id=3)
+    kw = dict(
+        max_genes=20,
+        transform=transform,
+        clip=3.0 if transform == "log1p" else 0.0,
+        order=order,
+        cls_id=2,
+        eos_id=3,
+    )
     t1, v1, o1 = continuous_tokenize(x.indptr.astype(np.int64), x.indices, x.data, gmap, **kw)
     t2, v2, o2 = continuous_reference(x.indptr, x.indices, x.data, gmap, **kw)
     assert np.array_equal(o1, o2) and np.array_equal(t1, t2)
@@ -109,9 +123,11 @@ def test_radix_sort_f32_matches_numpy():
     from scforge.kernels.common import radix_sort_f32
 
     rng = np.random.default_rng(3)
-    for vals in (rng.integers(1, 4, 5000).astype(np.float32),
-                 (rng.standard_normal(3000) * 1e3).astype(np.float32),
-                 np.array([0.0, -0.0, 1.5, -2.5, 3e38, -3e38, 1e-40], dtype=np.float32)):
+    for vals in (
+        rng.integers(1, 4, 5000).astype(np.float32),
+        (rng.standard_normal(3000) * 1e3).astype(np.float32),
+        np.array([0.0, -0.0, 1.5, -2.5, 3e38, -3e38, 1e-40], dtype=np.float32),
+    ):
         v = vals.copy()
         radix_sort_f32(v, len(v), np.empty(len(v), np.uint32), np.empty(256, np.int64))
         assert np.array_equal(v, np.sort(vals))

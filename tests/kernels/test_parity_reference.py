@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from scforge.config import TokenizerConfig
-from scforge.data.tokenizers import get_tokenizer
 from scforge.data.sources.base import CSRChunk
+from scforge.data.tokenizers import get_tokenizer
 from scforge.data.vocab import GeneVocab
 from tests.conftest import shared
 
@@ -38,9 +38,15 @@ def test_binned_within_scgpt_tie_range(pbmc_first2000):
     indptr, indices, data, _ = pbmc_first2000
     ref = np.load(shared("reference/scgpt_bins_pbmc_2batch_first2000.npz"))
     identity = GeneMap.from_col_token(np.arange(int(indices.max()) + 1, dtype=np.int32))
-    _, bins, offsets = binned_tokenize(indptr, indices, data, identity,
-                                       row_ids=np.arange(2000), n_bins=int(ref["n_bins"]),
-                                       max_genes=10**9)
+    _, bins, offsets = binned_tokenize(
+        indptr,
+        indices,
+        data,
+        identity,
+        row_ids=np.arange(2000),
+        n_bins=int(ref["n_bins"]),
+        max_genes=10**9,
+    )
     assert np.array_equal(offsets, ref["offsets"])
     assert np.all((bins >= ref["tie_lo"]) & (bins <= ref["tie_hi"]))
     fixed = ref["tie_lo"] == ref["tie_hi"]

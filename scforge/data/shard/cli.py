@@ -29,12 +29,18 @@ def _shard_main(argv: list[str]) -> int:
     from scforge.data.shard.writer import ShardJob
 
     ap = argparse.ArgumentParser(prog="scforge-shard", description="Tokenize AnnData into shards.")
-    ap.add_argument("inputs", nargs="+", help="input .h5ad files, then optional key=value overrides")
+    ap.add_argument(
+        "inputs", nargs="+", help="input .h5ad files, then optional key=value overrides"
+    )
     ap.add_argument("--out", required=True, help="output directory")
     ap.add_argument("--config", action="append", default=[], help="YAML recipe (repeatable)")
     ap.add_argument("--workers", type=int, default=None, help="processes (shard.workers)")
-    ap.add_argument("--partition", type=_parse_partition, default=(0, 1),
-                    help="i/n: write only units u with u %% n == i (cluster jobs)")
+    ap.add_argument(
+        "--partition",
+        type=_parse_partition,
+        default=(0, 1),
+        help="i/n: write only units u with u %% n == i (cluster jobs)",
+    )
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_intermixed_args(argv)
     overrides = [a for a in args.inputs if "=" in a and not Path(a).exists()]
@@ -42,19 +48,22 @@ def _shard_main(argv: list[str]) -> int:
     if args.workers is not None:
         overrides.append(f"shard.workers={args.workers}")
     cfg = load_config(ShardJobConfig, args.config, overrides)
-    job = ShardJob(inputs, args.out, cfg, partition=args.partition,
-                   progress=not args.no_progress)
+    job = ShardJob(inputs, args.out, cfg, partition=args.partition, progress=not args.no_progress)
     summary = job.run()
     print(_summary_line(summary))
     return 0
 
 
 def _summary_line(s: dict) -> str:
-    state = "complete" if s["complete"] else "partition done (run `scforge-shard merge` when all are)"
-    return (f"{state}: {s['cells']:,} cells, {s['tokens']:,} tokens, {s['shards']} shards, "
-            f"{s['bytes'] / 1e6:.1f} MB in {s['out']}; wrote {s['shards_written']} shards "
-            f"({s['shards_skipped']} already done) in {s['seconds']:.1f} s"
-            + (f" = {s['cells_per_s']:,.0f} cells/s" if s.get("cells_per_s") else ""))
+    state = (
+        "complete" if s["complete"] else "partition done (run `scforge-shard merge` when all are)"
+    )
+    return (
+        f"{state}: {s['cells']:,} cells, {s['tokens']:,} tokens, {s['shards']} shards, "
+        f"{s['bytes'] / 1e6:.1f} MB in {s['out']}; wrote {s['shards_written']} shards "
+        f"({s['shards_skipped']} already done) in {s['seconds']:.1f} s"
+        + (f" = {s['cells_per_s']:,.0f} cells/s" if s.get("cells_per_s") else "")
+    )
 
 
 def _inspect_main(argv: list[str]) -> int:

@@ -36,8 +36,9 @@ class ShardFormatError(ValueError):
     """A block or manifest is corrupt or of an unsupported format/version."""
 
 
-def encode_block(arrays: dict[str, np.ndarray], strings: dict[str, list[str]],
-                 *, level: int = 3) -> bytes:
+def encode_block(
+    arrays: dict[str, np.ndarray], strings: dict[str, list[str]], *, level: int = 3
+) -> bytes:
     """Serialises arrays + string columns into one compressed block (deterministic bytes)."""
     specs = []
     parts = []
@@ -45,19 +46,30 @@ def encode_block(arrays: dict[str, np.ndarray], strings: dict[str, list[str]],
     for name, arr in arrays.items():
         arr = np.ascontiguousarray(arr)
         if arr.dtype.name not in ALLOWED_DTYPES:
-            raise ShardFormatError(f"array {name!r} has dtype {arr.dtype}; allowed: {ALLOWED_DTYPES}")
+            raise ShardFormatError(
+                f"array {name!r} has dtype {arr.dtype}; allowed: {ALLOWED_DTYPES}"
+            )
         le = arr.astype(arr.dtype.newbyteorder("<"), copy=False).reshape(-1)
         shuffled = le.dtype.itemsize > 1
-        raw = le.view(np.uint8).reshape(-1, le.dtype.itemsize).T.tobytes() if shuffled else le.tobytes()
+        raw = (
+            le.view(np.uint8).reshape(-1, le.dtype.itemsize).T.tobytes()
+            if shuffled
+            else le.tobytes()
+        )
         pad = (-len(raw)) % 8
         specs.append([name, arr.dtype.name, int(arr.size), pos, int(shuffled)])
         parts.append(raw + b"\0" * pad)
         pos += len(raw) + pad
-    header = json.dumps({"v": FORMAT_VERSION, "arrays": specs, "strings": strings},
-                        separators=(",", ":"), ensure_ascii=False).encode()
+    header = json.dumps(
+        {"v": FORMAT_VERSION, "arrays": specs, "strings": strings},
+        separators=(",", ":"),
+        ensure_ascii=False,
+    ).encode()
     hpad = (-(len(header) + 8)) % 8
     body = MAGIC + struct.pack("<I", len(header) + hpad) + header + b" " * hpad + b"".join(parts)
-    return zstandard.ZstdCompressor(level=level, write_content_size=True, write_checksum=True).compress(body)
+    return zstandard.ZstdCompressor(
+        level=level, write_content_size=True, write_checksum=True
+    ).compress(body)
 
 
 def decode_block(blob: bytes) -> dict[str, Any]:
@@ -74,8 +86,9 @@ def decode_block(blob: bytes) -> dict[str, Any]:
     except ValueError as e:
         raise ShardFormatError(f"block header is not JSON ({e})") from None
     if header.get("v") != FORMAT_VERSION:
-        raise ShardFormatError(f"block format version {header.get('v')}; this scforge reads "
-                               f"version {FORMAT_VERSION}")
+        raise ShardFormatError(
+            f"block format version {header.get('v')}; this scforge reads version {FORMAT_VERSION}"
+        )
     base = 8 + hlen
     out: dict[str, Any] = {}
     for name, dtype, count, pos, shuffled in header["arrays"]:
@@ -86,8 +99,12 @@ def decode_block(blob: bytes) -> dict[str, Any]:
         if end > len(body):
             raise ShardFormatError(f"array {name!r} runs past the end of the block (truncated)")
         if shuffled:
-            planes = np.frombuffer(body, dtype=np.uint8, count=count * dt.itemsize, offset=base + pos)
-            out[name] = np.ascontiguousarray(planes.reshape(dt.itemsize, count).T).view(dt).reshape(-1)
+            planes = np.frombuffer(
+                body, dtype=np.uint8, count=count * dt.itemsize, offset=base + pos
+            )
+            out[name] = (
+                np.ascontiguousarray(planes.reshape(dt.itemsize, count).T).view(dt).reshape(-1)
+            )
         else:
             out[name] = np.frombuffer(body, dtype=dt, count=count, offset=base + pos)
     out.update(header["strings"])

@@ -53,9 +53,11 @@ def load_manifest(path: str | Path) -> dict:
     if p.is_dir():
         p = p / MANIFEST
     if not p.is_file():
-        raise ShardFormatError(f"{p} not found: not a finished scforge shard directory (an "
-                               "interrupted job? rerun scforge-shard with the same arguments, or "
-                               "`scforge-shard merge DIR` after all partitions finished)")
+        raise ShardFormatError(
+            f"{p} not found: not a finished scforge shard directory (an "
+            "interrupted job? rerun scforge-shard with the same arguments, or "
+            "`scforge-shard merge DIR` after all partitions finished)"
+        )
     try:
         man = json.loads(p.read_text())
     except ValueError as e:
@@ -63,6 +65,8 @@ def load_manifest(path: str | Path) -> dict:
     if man.get("format") != FORMAT_NAME:
         raise ShardFormatError(f"{p} is not an scforge manifest (format={man.get('format')!r})")
     if man.get("version") != FORMAT_VERSION:
-        raise ShardFormatError(f"{p} has format version {man.get('version')}; this scforge reads "
-                               f"version {FORMAT_VERSION}: re-shard, or use a matching scforge")
+        raise ShardFormatError(
+            f"{p} has format version {man.get('version')}; this scforge reads "
+            f"version {FORMAT_VERSION}: re-shard, or use a matching scforge"
+        )
     return man

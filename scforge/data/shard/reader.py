@@ -22,15 +22,18 @@ def verify_shard(path: Path, entry: dict) -> None:
     """Checks size and sha256 of one shard against its manifest entry."""
     size = path.stat().st_size if path.is_file() else -1
     if size != entry["bytes"]:
-        raise ShardIntegrityError(f"shard {path} has {size} bytes, manifest says {entry['bytes']} "
-                                  "(truncated or replaced); re-shard or restore it")
+        raise ShardIntegrityError(
+            f"shard {path} has {size} bytes, manifest says {entry['bytes']} "
+            "(truncated or replaced); re-shard or restore it"
+        )
     sha = hashlib.sha256()
     with open(path, "rb") as fh:
         for buf in iter(lambda: fh.read(1 << 22), b""):
             sha.update(buf)
     if sha.hexdigest() != entry["sha256"]:
-        raise ShardIntegrityError(f"shard {path} fails its sha256 check (corrupt); re-shard or "
-                                  "restore it")
+        raise ShardIntegrityError(
+            f"shard {path} fails its sha256 check (corrupt); re-shard or restore it"
+        )
 
 
 def iter_shard_blocks(path: str | Path) -> Iterator[dict[str, Any]]:
@@ -42,8 +45,10 @@ def iter_shard_blocks(path: str | Path) -> Iterator[dict[str, Any]]:
                 if not member.isfile():
                     continue
                 if not member.name.endswith("." + BLOCK_SUFFIX):
-                    raise ShardFormatError(f"{path}: unexpected member {member.name!r} (only "
-                                           f"*.{BLOCK_SUFFIX} blocks are decoded)")
+                    raise ShardFormatError(
+                        f"{path}: unexpected member {member.name!r} (only "
+                        f"*.{BLOCK_SUFFIX} blocks are decoded)"
+                    )
                 fh = tar.extractfile(member)
                 blob = fh.read() if fh is not None else b""
                 if len(blob) != member.size:
@@ -55,8 +60,10 @@ def iter_shard_blocks(path: str | Path) -> Iterator[dict[str, Any]]:
                 block["__key__"] = member.name.split(".", 1)[0]
                 yield block
     except (tarfile.TarError, EOFError, OSError) as e:
-        raise ShardFormatError(f"{path}: not a readable shard tar ({e}); it is truncated or "
-                               "corrupt: re-shard or restore it") from None
+        raise ShardFormatError(
+            f"{path}: not a readable shard tar ({e}); it is truncated or "
+            "corrupt: re-shard or restore it"
+        ) from None
 
 
 def read_block(path: str | Path, entry: dict, block: int, fh=None) -> dict[str, Any]:
@@ -67,7 +74,7 @@ def read_block(path: str | Path, entry: dict, block: int, fh=None) -> dict[str, 
     offset, size = entry["block_index"][block]
     own = fh is None
     if own:
-        fh = open(path, "rb")
+        fh = open(path, "rb")  # noqa: SIM115 - closed below; callers may pass their own
     try:
         fh.seek(offset)
         blob = fh.read(size)
@@ -91,8 +98,11 @@ def block_cells(block: dict[str, Any], obs_fields: list[str]) -> Iterator[dict[s
     values = block.get("values")
     for i in range(len(lengths)):
         a, b = offsets[i], offsets[i + 1]
-        cell: dict[str, Any] = {"input_ids": tokens[a:b], "cell_id": block["cell_id"][i],
-                                "row": int(block["row"][i])}
+        cell: dict[str, Any] = {
+            "input_ids": tokens[a:b],
+            "cell_id": block["cell_id"][i],
+            "row": int(block["row"][i]),
+        }
         if values is not None:
             cell["values"] = values[a:b]
         for f in obs_fields:
@@ -101,8 +111,9 @@ def block_cells(block: dict[str, Any], obs_fields: list[str]) -> Iterator[dict[s
         yield cell
 
 
-def read_shards(path: str | Path, *, verify: bool = False,
-                expected_vocab_hash: str | None = None) -> Iterator[dict[str, Any]]:
+def read_shards(
+    path: str | Path, *, verify: bool = False, expected_vocab_hash: str | None = None
+) -> Iterator[dict[str, Any]]:
     """Iterates every cell of a shard directory in manifest order.
 
     Each cell is a dict with ``input_ids`` (uint16/uint32), ``values`` (when the tokenizer has
@@ -117,9 +128,11 @@ def read_shards(path: str | Path, *, verify: bool = False,
     root = Path(path)
     man = load_manifest(root)
     if expected_vocab_hash is not None and man["vocab_hash"] != expected_vocab_hash:
-        raise ShardFormatError(f"{root} was tokenized with vocabulary {man['vocab']['name']} "
-                               f"(hash {man['vocab_hash'][:12]}), not the expected one "
-                               f"({expected_vocab_hash[:12]}); re-shard with the model's vocabulary")
+        raise ShardFormatError(
+            f"{root} was tokenized with vocabulary {man['vocab']['name']} "
+            f"(hash {man['vocab_hash'][:12]}), not the expected one "
+            f"({expected_vocab_hash[:12]}); re-shard with the model's vocabulary"
+        )
     fields = list(man.get("obs_fields", []))
     for entry in man["shards"]:
         shard_path = root / entry["file"]

@@ -9,8 +9,8 @@ and compressing the current one.
 from __future__ import annotations
 
 import hashlib
-import json
 import io
+import json
 import logging
 import os
 import tarfile
@@ -78,9 +78,12 @@ class _Prepared:
 
     def __init__(self, inputs: list[str], cfg: ShardJobConfig) -> None:
         self.cfg = cfg
-        self.vocab: GeneVocab = build_vocab(cfg.vocab.kind, token_dictionary=cfg.vocab.token_dictionary,
-                                            gene_medians=cfg.vocab.gene_medians,
-                                            id_mapping=cfg.vocab.id_mapping)
+        self.vocab: GeneVocab = build_vocab(
+            cfg.vocab.kind,
+            token_dictionary=cfg.vocab.token_dictionary,
+            gene_medians=cfg.vocab.gene_medians,
+            id_mapping=cfg.vocab.id_mapping,
+        )
         self.tokenizer: Tokenizer = get_tokenizer(cfg.tokenizer.strategy)(cfg.tokenizer, self.vocab)
         self.sources: list[Source] = []
         self.maps: list[GeneMap] = []
@@ -88,9 +91,12 @@ class _Prepared:
         for path in inputs:
             src = open_source(path, layer=cfg.source.layer, gene_column=cfg.source.gene_column)
             try:
-                gmap, rep = self.vocab.map_genes(src.gene_ids(), var_symbols=src.gene_symbols(),
-                                                 symbol_mapping=cfg.vocab.symbol_mapping,
-                                                 min_overlap=cfg.vocab.min_overlap)
+                gmap, rep = self.vocab.map_genes(
+                    src.gene_ids(),
+                    var_symbols=src.gene_symbols(),
+                    symbol_mapping=cfg.vocab.symbol_mapping,
+                    min_overlap=cfg.vocab.min_overlap,
+                )
             except ValueError as e:
                 raise ShardError(f"{path}: {e}") from None
             self.sources.append(src)
@@ -119,7 +125,8 @@ def _check_counts(prep: _Prepared, unit_input: int, chunk) -> None:
         f"{src.path}: {prep.cfg.source.layer} holds {problem} values (e.g. {chunk.data[pos]!r} in "
         f"row {row}) but raw counts are required; point source.layer at the raw-count matrix "
         "(e.g. source.layer=layers/counts or raw/X), or set source.require_raw_counts=false for "
-        "continuous_projection of already-normalised data")
+        "continuous_projection of already-normalised data"
+    )
 
 
 def _chunk_rows(cfg: ShardJobConfig) -> int:
@@ -146,9 +153,13 @@ def _encode_blocks(prep: _Prepared, unit: Unit, chunk, tok) -> list[tuple[str, b
         for k, col in obs.items():
             strings[k] = col[chunk.start + a : chunk.start + b].tolist()
         member = f"{unit.index:06d}-{(chunk.start - unit.start + a) // cfg.shard.block_cells:06d}"
-        out.append((f"{member}.{BLOCK_SUFFIX}", encode_block(arrays, strings,
-                                                            level=cfg.shard.compression_level),
-                    t1 - t0))
+        out.append(
+            (
+                f"{member}.{BLOCK_SUFFIX}",
+                encode_block(arrays, strings, level=cfg.shard.compression_level),
+                t1 - t0,
+            )
+        )
     return out
 
 
@@ -181,7 +192,7 @@ def write_unit(prep: _Prepared, unit: Unit, out: Path, progress=None) -> dict:
             with tarfile.open(fileobj=hw, mode="w|", format=tarfile.USTAR_FORMAT) as tar:
                 nxt = pool.submit(src.read_rows, starts[0], min(starts[0] + step, unit.stop))
                 pending = None
-                for i, a in enumerate(starts):
+                for i in range(len(starts)):
                     chunk = nxt.result()
                     if i + 1 < len(starts):
                         b = starts[i + 1]
@@ -191,27 +202,41 @@ def write_unit(prep: _Prepared, unit: Unit, out: Path, progress=None) -> dict:
                     tok = prep.tokenizer.tokenize(chunk, gmap, rows)
                     total_counts += float(chunk.data.sum(dtype=np.float64))
                     mapped_counts += float(
-                        chunk.data[gmap.col_token[chunk.indices] >= 0].sum(dtype=np.float64))
+                        chunk.data[gmap.col_token[chunk.indices] >= 0].sum(dtype=np.float64)
+                    )
                     enc = pool.submit(_encode_blocks, prep, unit, chunk, tok)
                     if pending is not None:
-                        n_blocks, n_tokens = _add_members(tar, pending.result(), n_blocks, n_tokens, index)
+                        n_blocks, n_tokens = _add_members(
+                            tar, pending.result(), n_blocks, n_tokens, index
+                        )
                     pending = enc
                     if progress is not None:
                         progress(chunk.n_rows)
                     if _CHUNK_DELAY:
                         time.sleep(_CHUNK_DELAY)
                 if pending is not None:
-                    n_blocks, n_tokens = _add_members(tar, pending.result(), n_blocks, n_tokens, index)
+                    n_blocks, n_tokens = _add_members(
+                        tar, pending.result(), n_blocks, n_tokens, index
+                    )
             raw.flush()
             os.fsync(raw.fileno())
         os.replace(tmp, out / unit.file)
     finally:
         if tmp.exists():
             tmp.unlink()
-    entry = {"file": unit.file, "cells": unit.stop - unit.start, "tokens": int(n_tokens),
-             "bytes": hw.n, "sha256": hw.sha.hexdigest(), "blocks": n_blocks,
-             "input": unit.input_index, "rows": [unit.start, unit.stop], "block_index": index,
-             "total_counts": total_counts, "mapped_counts": mapped_counts}
+    entry = {
+        "file": unit.file,
+        "cells": unit.stop - unit.start,
+        "tokens": int(n_tokens),
+        "bytes": hw.n,
+        "sha256": hw.sha.hexdigest(),
+        "blocks": n_blocks,
+        "input": unit.input_index,
+        "rows": [unit.start, unit.stop],
+        "block_index": index,
+        "total_counts": total_counts,
+        "mapped_counts": mapped_counts,
+    }
     atomic_write_json(sidecar_path(out, unit.file), entry)
     return entry
 
@@ -260,8 +285,15 @@ class ShardJob:
         progress: show a progress bar.
     """
 
-    def __init__(self, inputs: list[str], out: str | Path, cfg: ShardJobConfig, *,
-                 partition: tuple[int, int] = (0, 1), progress: bool = True) -> None:
+    def __init__(
+        self,
+        inputs: list[str],
+        out: str | Path,
+        cfg: ShardJobConfig,
+        *,
+        partition: tuple[int, int] = (0, 1),
+        progress: bool = True,
+    ) -> None:
         if not inputs:
             raise ShardError("no inputs given")
         i, n = partition
@@ -273,7 +305,7 @@ class ShardJob:
         self.partition = partition
         self.progress = progress
         self.prep = _Prepared(self.inputs, cfg)
-        for src, p in zip(self.prep.sources, self.inputs):
+        for src, p in zip(self.prep.sources, self.inputs, strict=True):
             if src.n_cells == 0:
                 raise ShardError(f"{p} has no cells")
             first = src.read_rows(0, min(src.n_cells, 64))
@@ -289,8 +321,9 @@ class ShardJob:
         size = cells = 0
         for start in sorted({int(s) for s in np.linspace(0, src.n_cells - n, 8)}):
             chunk = src.read_rows(start, start + n)
-            tok = self.prep.tokenizer.tokenize(chunk, self.prep.maps[0],
-                                               np.arange(start, start + n))
+            tok = self.prep.tokenizer.tokenize(
+                chunk, self.prep.maps[0], np.arange(start, start + n)
+            )
             unit = Unit(0, 0, start, start + n, 0)
             size += sum(len(b) + 512 for _, b, _ in _encode_blocks(self.prep, unit, chunk, tok))
             cells += n
@@ -301,11 +334,14 @@ class ShardJob:
     def fingerprint(self) -> dict:
         """What must match for an existing output directory to be resumed."""
         return {
-            "format": FORMAT_NAME, "version": FORMAT_VERSION,
+            "format": FORMAT_NAME,
+            "version": FORMAT_VERSION,
             "tokenizer": self.prep.tokenizer.describe(),
             "vocab_hash": self.prep.vocab.hash,
-            "inputs": [{"name": os.path.basename(s.path), "n_cells": s.n_cells,
-                        "n_genes": s.n_genes} for s in self.prep.sources],
+            "inputs": [
+                {"name": os.path.basename(s.path), "n_cells": s.n_cells, "n_genes": s.n_genes}
+                for s in self.prep.sources
+            ],
             "obs_fields": list(self.cfg.source.obs_fields),
             "layer": self.cfg.source.layer,
             "cells_per_shard": self.cells_per_shard,
@@ -323,7 +359,8 @@ class ShardJob:
                 diff = sorted(k for k in set(old) | set(fp) if old.get(k) != fp.get(k))
                 raise ShardError(
                     f"{self.out} holds shards of a different job (differs in: {', '.join(diff)}); "
-                    "write to a new --out directory, or delete the old one")
+                    "write to a new --out directory, or delete the old one"
+                )
         elif any(self.out.glob("shard-*.tar")) or (self.out / MANIFEST).exists():
             raise ShardError(f"{self.out} holds shards not written by this job; use a new --out")
         else:
@@ -364,12 +401,16 @@ class ShardJob:
             atomic_write_json(self.out / MANIFEST, self.build_manifest(entries))
         mine_entries = [e for e in entries if e is not None and e["file"] in set(part["shards"])]
         return {
-            "out": str(self.out), "complete": complete,
-            "cells_written": cells_todo, "shards_written": len(todo), "shards_skipped": skipped,
+            "out": str(self.out),
+            "complete": complete,
+            "cells_written": cells_todo,
+            "shards_written": len(todo),
+            "shards_skipped": skipped,
             "cells": sum(e["cells"] for e in mine_entries),
             "tokens": sum(e["tokens"] for e in mine_entries),
             "bytes": sum(e["bytes"] for e in mine_entries),
-            "shards": len(mine_entries), "seconds": round(elapsed, 3),
+            "shards": len(mine_entries),
+            "seconds": round(elapsed, 3),
             "cells_per_s": round(cells_todo / elapsed, 1) if elapsed > 0 else None,
         }
 
@@ -377,8 +418,12 @@ class ShardJob:
         ctx = get_context("spawn")  # fork after Numba's OpenMP kernels have run aborts
         from scforge.config.loader import to_dict
 
-        with ProcessPoolExecutor(self.cfg.shard.workers, mp_context=ctx, initializer=_worker_init,
-                                 initargs=(self.inputs, to_dict(self.cfg))) as pool:
+        with ProcessPoolExecutor(
+            self.cfg.shard.workers,
+            mp_context=ctx,
+            initializer=_worker_init,
+            initargs=(self.inputs, to_dict(self.cfg)),
+        ) as pool:
             futs = {pool.submit(_worker_run, asdict(u), str(self.out)): u for u in todo}
             for f in as_completed(futs):
                 f.result()
@@ -391,34 +436,66 @@ class ShardJob:
         from scforge import __version__
 
         sources = []
-        for idx, (src, rep) in enumerate(zip(self.prep.sources, self.prep.reports)):
+        for idx, (src, rep) in enumerate(zip(self.prep.sources, self.prep.reports, strict=True)):
             d = src.describe()
             d["mapping"] = rep.as_dict()
             d["dataset"] = Path(src.path).stem
             src_total = sum(e["total_counts"] for e in entries if e["input"] == idx)
             src_mapped = sum(e["mapped_counts"] for e in entries if e["input"] == idx)
-            d["mapping"]["fraction_counts_mapped"] = round(src_mapped / src_total, 6) if src_total else 0
+            d["mapping"]["fraction_counts_mapped"] = (
+                round(src_mapped / src_total, 6) if src_total else 0
+            )
             sources.append(d)
         return {
-            "format": FORMAT_NAME, "version": FORMAT_VERSION, "created_by": f"scforge {__version__}",
-            "tokenizer": self.prep.tokenizer.describe(), "vocab": self.prep.vocab.describe(),
-            "vocab_hash": self.prep.vocab.hash, "sources": sources,
-            "obs_fields": list(self.cfg.source.obs_fields), "block_cells": self.cfg.shard.block_cells,
+            "format": FORMAT_NAME,
+            "version": FORMAT_VERSION,
+            "created_by": f"scforge {__version__}",
+            "tokenizer": self.prep.tokenizer.describe(),
+            "vocab": self.prep.vocab.describe(),
+            "vocab_hash": self.prep.vocab.hash,
+            "sources": sources,
+            "obs_fields": list(self.cfg.source.obs_fields),
+            "block_cells": self.cfg.shard.block_cells,
             "cells_per_shard": self.cells_per_shard,
-            "shards": [{k: e[k] for k in ("file", "cells", "tokens", "bytes", "sha256", "blocks",
-                                          "input", "rows", "block_index")} for e in entries],
-            "totals": {"cells": sum(e["cells"] for e in entries),
-                       "tokens": sum(e["tokens"] for e in entries),
-                       "bytes": sum(e["bytes"] for e in entries), "shards": len(entries),
-                       "fraction_counts_mapped": round(mapped / total, 6) if total else 0},
+            "shards": [
+                {
+                    k: e[k]
+                    for k in (
+                        "file",
+                        "cells",
+                        "tokens",
+                        "bytes",
+                        "sha256",
+                        "blocks",
+                        "input",
+                        "rows",
+                        "block_index",
+                    )
+                }
+                for e in entries
+            ],
+            "totals": {
+                "cells": sum(e["cells"] for e in entries),
+                "tokens": sum(e["tokens"] for e in entries),
+                "bytes": sum(e["bytes"] for e in entries),
+                "shards": len(entries),
+                "fraction_counts_mapped": round(mapped / total, 6) if total else 0,
+            },
         }
 
 
 def _progress_bar(total: int, enabled: bool):
     from tqdm import tqdm
 
-    return tqdm(total=total, unit="cell", unit_scale=True, smoothing=0.1, disable=not enabled,
-                desc="sharding", dynamic_ncols=True)
+    return tqdm(
+        total=total,
+        unit="cell",
+        unit_scale=True,
+        smoothing=0.1,
+        disable=not enabled,
+        desc="sharding",
+        dynamic_ncols=True,
+    )
 
 
 def shard(inputs: list[str], out: str | Path, cfg: ShardJobConfig | None = None, **kw) -> dict:

@@ -45,13 +45,17 @@ class H5adSource:
         try:
             self._f = h5py.File(self.path, "r")
         except OSError as e:
-            raise SourceError(f"input {self.path!r} is not a readable HDF5/h5ad file (truncated or "
-                              f"corrupt? {str(e).splitlines()[0]}); re-export it with "
-                              "adata.write_h5ad()") from None
+            raise SourceError(
+                f"input {self.path!r} is not a readable HDF5/h5ad file (truncated or "
+                f"corrupt? {str(e).splitlines()[0]}); re-export it with "
+                "adata.write_h5ad()"
+            ) from None
         self._var_group = "raw/var" if layer == "raw/X" else "var"
         if layer not in self._f:
-            raise SourceError(f"{self.path!r} has no matrix {layer!r}; set source.layer to one of "
-                              f"{self._available_layers()}")
+            raise SourceError(
+                f"{self.path!r} has no matrix {layer!r}; set source.layer to one of "
+                f"{self._available_layers()}"
+            )
         x = self._f[layer]
         try:
             self._init_matrix(x)
@@ -59,8 +63,10 @@ class H5adSource:
         except SourceError:
             raise
         except (KeyError, OSError, ValueError) as e:
-            raise SourceError(f"{self.path!r} is not a valid AnnData file ({e}); it may be "
-                              "truncated or corrupt: re-export it with adata.write_h5ad()") from None
+            raise SourceError(
+                f"{self.path!r} is not a valid AnnData file ({e}); it may be "
+                "truncated or corrupt: re-export it with adata.write_h5ad()"
+            ) from None
 
     def _available_layers(self) -> list[str]:
         out = ["X"] if "X" in self._f else []
@@ -75,19 +81,25 @@ class H5adSource:
             enc = x.attrs.get("encoding-type", "")
             enc = enc.decode() if isinstance(enc, bytes) else str(enc)
             if enc == "csc_matrix":
-                raise SourceError(f"{self.path!r}: {self.layer} is CSC, which cannot be read by "
-                                  "rows in bounded memory; convert it once with "
-                                  "adata.X = adata.X.tocsr(); adata.write_h5ad(...)")
+                raise SourceError(
+                    f"{self.path!r}: {self.layer} is CSC, which cannot be read by "
+                    "rows in bounded memory; convert it once with "
+                    "adata.X = adata.X.tocsr(); adata.write_h5ad(...)"
+                )
             if enc != "csr_matrix":
-                raise SourceError(f"{self.path!r}: {self.layer} has encoding {enc!r}; expected a "
-                                  "CSR sparse matrix or a dense array")
+                raise SourceError(
+                    f"{self.path!r}: {self.layer} has encoding {enc!r}; expected a "
+                    "CSR sparse matrix or a dense array"
+                )
             self.n_cells, self.n_genes = (int(v) for v in x.attrs["shape"])
             self._indptr = x["indptr"][:].astype(np.int64)
             self._data, self._indices = x["data"], x["indices"]
             self._dense = None
             if len(self._indptr) != self.n_cells + 1 or self._indptr[-1] > self._data.shape[0]:
-                raise SourceError(f"{self.path!r}: {self.layer} indptr does not match its data "
-                                  "(truncated or corrupt file); re-export it")
+                raise SourceError(
+                    f"{self.path!r}: {self.layer} indptr does not match its data "
+                    "(truncated or corrupt file); re-export it"
+                )
         else:
             self.n_cells, self.n_genes = (int(v) for v in x.shape)
             self._dense = x
@@ -107,8 +119,10 @@ class H5adSource:
 
         if gene_column:
             if gene_column not in cols:
-                raise SourceError(f"{self.path!r}: var has no column {gene_column!r} "
-                                  f"(source.gene_column); available: {cols}")
+                raise SourceError(
+                    f"{self.path!r}: var has no column {gene_column!r} "
+                    f"(source.gene_column); available: {cols}"
+                )
             ids, src = column(gene_column), f"var[{gene_column!r}]"
         else:
             ids, src = names, "var_names"
@@ -121,8 +135,10 @@ class H5adSource:
                         break
         symbols = next((column(c) for c in _SYMBOL_COLUMNS if c in cols), None)
         if len(ids) != self.n_genes:
-            raise SourceError(f"{self.path!r}: var has {len(ids)} rows but X has {self.n_genes} "
-                              "columns (corrupt file)")
+            raise SourceError(
+                f"{self.path!r}: var has {len(ids)} rows but X has {self.n_genes} "
+                "columns (corrupt file)"
+            )
         return list(ids), (list(symbols) if symbols is not None else None), src
 
     # ----------------------------------------------------------------- Source API
@@ -161,14 +177,22 @@ class H5adSource:
             indptr = self._indptr[start : stop + 1] - a
             return CSRChunk(start, indptr, self._indices[a:b], self._data[a:b])
         except OSError as e:
-            raise SourceError(f"{self.path!r}: reading rows {start}-{stop} failed ({e}); the file "
-                              "is truncated or corrupt: re-export it") from None
+            raise SourceError(
+                f"{self.path!r}: reading rows {start}-{stop} failed ({e}); the file "
+                "is truncated or corrupt: re-export it"
+            ) from None
 
     def describe(self) -> dict:
         st = os.stat(self.path)
-        return {"path": os.path.abspath(self.path), "format": "h5ad", "layer": self.layer,
-                "n_cells": self.n_cells, "n_genes": self.n_genes, "bytes": st.st_size,
-                "gene_ids_from": self._id_source}
+        return {
+            "path": os.path.abspath(self.path),
+            "format": "h5ad",
+            "layer": self.layer,
+            "n_cells": self.n_cells,
+            "n_genes": self.n_genes,
+            "bytes": st.st_size,
+            "gene_ids_from": self._id_source,
+        }
 
     def close(self) -> None:
         self._f.close()

@@ -6,8 +6,8 @@
 
 from __future__ import annotations
 
-from scforge.data.tokenizers.base import TOKENIZERS, TokenizedChunk, Tokenizer
 from scforge.data.tokenizers import binned_expression, continuous_projection, rank_value  # noqa: F401  (register)
+from scforge.data.tokenizers.base import TOKENIZERS, TokenizedChunk, Tokenizer
 
 
 def list_tokenizers() -> list[str]:

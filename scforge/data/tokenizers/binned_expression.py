@@ -19,7 +19,16 @@ class BinnedExpressionTokenizer(Tokenizer):
     def _run(self, chunk: CSRChunk, gene_map: GeneMap, row_ids: np.ndarray) -> TokenizedChunk:
         opt = self.cfg.binned_expression
         tokens, bins, offsets = binned_tokenize(
-            chunk.indptr, chunk.indices, chunk.data, gene_map, row_ids=row_ids, n_bins=opt.n_bins,
-            seed=opt.seed, max_genes=self.max_genes, order=opt.order, cls_id=self.cls_id,
-            eos_id=self.eos_id)
+            chunk.indptr,
+            chunk.indices,
+            chunk.data,
+            gene_map,
+            row_ids=row_ids,
+            n_bins=opt.n_bins,
+            seed=opt.seed,
+            max_genes=self.max_genes,
+            order=opt.order,
+            cls_id=self.cls_id,
+            eos_id=self.eos_id,
+        )
         return TokenizedChunk(tokens, offsets, bins)

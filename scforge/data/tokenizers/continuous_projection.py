@@ -24,7 +24,16 @@ class ContinuousProjectionTokenizer(Tokenizer):
     def _run(self, chunk: CSRChunk, gene_map: GeneMap, row_ids: np.ndarray) -> TokenizedChunk:
         opt = self.cfg.continuous_projection
         tokens, values, offsets = continuous_tokenize(
-            chunk.indptr, chunk.indices, chunk.data, gene_map, max_genes=self.max_genes,
-            transform=opt.transform, target_sum=opt.target_sum, clip=opt.clip, order=opt.order,
-            cls_id=self.cls_id, eos_id=self.eos_id)
+            chunk.indptr,
+            chunk.indices,
+            chunk.data,
+            gene_map,
+            max_genes=self.max_genes,
+            transform=opt.transform,
+            target_sum=opt.target_sum,
+            clip=opt.clip,
+            order=opt.order,
+            cls_id=self.cls_id,
+            eos_id=self.eos_id,
+        )
         return TokenizedChunk(tokens, offsets, values)

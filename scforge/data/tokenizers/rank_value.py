@@ -24,9 +24,16 @@ class RankValueTokenizer(Tokenizer):
 
     def _run(self, chunk: CSRChunk, gene_map: GeneMap, row_ids: np.ndarray) -> TokenizedChunk:
         tokens, offsets = rank_value_tokenize(
-            chunk.indptr, chunk.indices, chunk.data, gene_map, self.medians,
-            max_genes=self.max_genes, target_sum=self.cfg.rank_value.target_sum,
-            cls_id=self.cls_id, eos_id=self.eos_id)
+            chunk.indptr,
+            chunk.indices,
+            chunk.data,
+            gene_map,
+            self.medians,
+            max_genes=self.max_genes,
+            target_sum=self.cfg.rank_value.target_sum,
+            cls_id=self.cls_id,
+            eos_id=self.eos_id,
+        )
         return TokenizedChunk(tokens, offsets)
 
     def _extra_fingerprint(self) -> dict:

@@ -1,0 +1,118 @@
+"""Shared benchmark helpers: machine description, peak-RSS sampling, result files."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import os
+import platform
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def machine() -> dict:
+    """CPU, cores, RAM, GPU (if any), Python and key package versions, git revision."""
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next(
+                (ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), cpu
+            )
+    except OSError:
+        pass
+    versions = {}
+    for mod in ("numpy", "numba", "h5py", "anndata", "zstandard", "torch", "scforge"):
+        with contextlib.suppress(Exception):  # a missing package is just not reported
+            versions[mod] = __import__(mod).__version__
+    try:
+        rev = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).parent,
+        ).stdout.strip()
+    except OSError:
+        rev = ""
+    gpu = None
+    with contextlib.suppress(Exception):
+        import torch
+
+        if torch.cuda.is_available():
+            gpu = torch.cuda.get_device_name(0)
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "ram_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "gpu": gpu,
+        "python": sys.version.split()[0],
+        "versions": versions,
+        "git": rev,
+        "date": _dt.date.today().isoformat(),
+    }
+
+
+class PeakRSS:
+    """Samples the summed RSS of a process and its children every ``interval`` seconds."""
+
+    def __init__(self, pid: int, interval: float = 0.05) -> None:
+        self.proc = psutil.Process(pid)
+        self.interval = interval
+        self.peak = 0
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                procs = [self.proc, *self.proc.children(recursive=True)]
+                self.peak = max(self.peak, sum(p.memory_info().rss for p in procs))
+            except psutil.Error:
+                pass
+            time.sleep(self.interval)
+
+    def __enter__(self) -> PeakRSS:
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._t.join()
+
+
+def run_measured(cmd: list[str], env: dict | None = None) -> dict:
+    """Runs ``cmd``; returns wall seconds, peak RSS (GiB) of its process tree, stdout."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+    with PeakRSS(proc.pid) as rss:
+        out, err = proc.communicate()
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): {err[-2000:]}")
+    return {"wall_s": wall, "peak_rss_gib": rss.peak / 2**30, "stdout": out, "stderr": err}
+
+
+def write_results(stem: str, payload: dict, markdown: str) -> tuple[Path, Path]:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    host = platform.node().split(".")[0] or "machine"
+    cores = os.cpu_count()
+    base = RESULTS / f"{stem}_{payload['machine']['date']}_{cores}core"
+    js = base.with_suffix(".json")
+    md = base.with_suffix(".md")
+    js.write_text(json.dumps(payload, indent=1, default=str) + "\n")
+    md.write_text(markdown)
+    del host
+    return js, md
