@@ -69,17 +69,56 @@ def per_cell_numpy(path: Path, n_cells: int, chunk: int = 4096) -> dict:
     n_tok = 0
     for a in range(0, n, chunk):
         c = src.read_rows(a, min(a + chunk, n))
-        x = sp.csr_matrix((c.data, c.indices, c.indptr), shape=(c.n_rows, src.n_genes))
-        n_counts = np.asarray(x.sum(axis=1, dtype=np.float64)).ravel()
-        xv = (x.astype(np.float64) @ collapse).tocsr()
-        for r in range(xv.shape[0]):
-            lo, hi = xv.indptr[r], xv.indptr[r + 1]
-            v = xv.data[lo:hi] / n_counts[r] * factor[xv.indices[lo:hi]]
-            order = np.argsort(-v)[:4094]
-            seq = np.concatenate(([2], toks[xv.indices[lo:hi][order]], [3]))
-            n_tok += len(seq)
+        n_tok += _numpy_chunk(c, src.n_genes, collapse, factor, toks)
     dt = time.perf_counter() - t0
     return {"cells": n, "seconds": dt, "cells_per_s": n / dt, "tokens": n_tok}
+
+
+def tokenize_only(path: Path, n_cells: int, chunk: int = 4096) -> dict:
+    """Tokenization alone on chunks already in memory: scforge's kernel vs per-cell NumPy."""
+    from scforge.config import ShardJobConfig, load_config
+    from scforge.data.shard.writer import _Prepared
+
+    cfg = load_config(ShardJobConfig, [REPO / "configs/shard/geneformer_v2.yaml"])
+    prep = _Prepared([str(path)], cfg)
+    src, gmap = prep.sources[0], prep.maps[0]
+    n = min(n_cells, src.n_cells)
+    chunks = [src.read_rows(a, min(a + chunk, n)) for a in range(0, n, chunk)]
+    med = prep.vocab.median_array()
+    cols = np.flatnonzero(gmap.col_token >= 0)
+    toks, inv = np.unique(gmap.col_token[cols], return_inverse=True)
+    collapse = sp.csr_matrix((np.ones(len(cols)), (cols, inv)), shape=(src.n_genes, len(toks)))
+    factor = 10_000.0 / med[toks]
+    t0 = time.perf_counter()
+    for c in chunks:
+        _numpy_chunk(c, src.n_genes, collapse, factor, toks)
+    t_np = time.perf_counter() - t0
+    warm = src.read_rows(0, min(8, n))  # load the compiled kernel from Numba's cache first
+    prep.tokenizer.tokenize(warm, gmap, np.arange(warm.n_rows))
+    t0 = time.perf_counter()
+    for c in chunks:
+        prep.tokenizer.tokenize(c, gmap, np.arange(c.start, c.start + c.n_rows))
+    t_k = time.perf_counter() - t0
+    return {
+        "cells": n,
+        "numpy_cells_per_s": n / t_np,
+        "kernel_cells_per_s": n / t_k,
+        "ratio": t_np / t_k,
+    }
+
+
+def _numpy_chunk(c, n_genes, collapse, factor, toks) -> int:
+    x = sp.csr_matrix((c.data, c.indices, c.indptr), shape=(c.n_rows, n_genes))
+    n_counts = np.asarray(x.sum(axis=1, dtype=np.float64)).ravel()
+    xv = (x.astype(np.float64) @ collapse).tocsr()
+    n_tok = 0
+    for r in range(xv.shape[0]):
+        lo, hi = xv.indptr[r], xv.indptr[r + 1]
+        v = xv.data[lo:hi] / n_counts[r] * factor[xv.indices[lo:hi]]
+        order = np.argsort(-v)[:4094]
+        seq = np.concatenate(([2], toks[xv.indices[lo:hi][order]], [3]))
+        n_tok += len(seq)
+    return n_tok
 
 
 def scforge_shard(path: Path, workers: int, tmp: Path) -> dict:
@@ -140,20 +179,27 @@ def bench_dataset(
     floor = io_floor(path)
     print(f"[{name}] per-cell NumPy on {baseline_cells} cells ...", file=sys.stderr)
     base = per_cell_numpy(path, baseline_cells)
+    print(f"[{name}] tokenization only, in memory ...", file=sys.stderr)
+    tok_only = tokenize_only(path, baseline_cells)
     runs = []
     for w in workers:
         print(f"[{name}] scforge-shard --workers {w} ...", file=sys.stderr)
         runs.append(scforge_shard(path, w, tmp))
-    best = max(runs, key=lambda r: r["cells_per_s_wall"])
+    best = max(runs, key=lambda r: r["cells_per_s_job"])
     return {
         "name": name,
         "path": str(path),
         "io_floor": floor,
         "per_cell_numpy": base,
+        "tokenize_only": tok_only,
         "scforge": runs,
+        # Job-only throughput excludes interpreter start-up and imports, as the floor and
+        # baseline (measured in this process) do; wall-clock ratios are reported next to them.
         "ratios": {
-            "vs_per_cell_numpy": best["cells_per_s_wall"] / base["cells_per_s"],
-            "io_floor_over_scforge": floor["cells_per_s"] / best["cells_per_s_wall"],
+            "vs_per_cell_numpy": best["cells_per_s_job"] / base["cells_per_s"],
+            "io_floor_over_scforge": floor["cells_per_s"] / best["cells_per_s_job"],
+            "vs_per_cell_numpy_wall": best["cells_per_s_wall"] / base["cells_per_s"],
+            "io_floor_over_scforge_wall": floor["cells_per_s"] / best["cells_per_s_wall"],
         },
     }
 
@@ -187,11 +233,20 @@ def markdown(payload: dict) -> str:
                 f"| {r['peak_rss_gib']:.2f} | job only: {r['cells_per_s_job']:,.0f} cells/s; "
                 f"{r['shards']} shards, {r['bytes'] / 1e6:,.0f} MB |"
             )
+        t = d["tokenize_only"]
+        lines += [
+            "",
+            f"Tokenization alone on {t['cells']:,} cells already in memory: scforge kernel "
+            f"{t['kernel_cells_per_s']:,.0f} cells/s vs per-cell NumPy "
+            f"{t['numpy_cells_per_s']:,.0f} cells/s = **{t['ratio']:.1f}x**.",
+        ]
         q = d["ratios"]
         lines += [
             "",
-            f"- scforge / per-cell NumPy: **{q['vs_per_cell_numpy']:.1f}x** (target >= 4x)",
-            f"- I/O floor / scforge: **{q['io_floor_over_scforge']:.2f}x** (target <= 2x)",
+            f"- scforge / per-cell NumPy: **{q['vs_per_cell_numpy']:.1f}x** job-only, "
+            f"{q['vs_per_cell_numpy_wall']:.1f}x wall (target >= 4x)",
+            f"- I/O floor / scforge: **{q['io_floor_over_scforge']:.2f}x** job-only, "
+            f"{q['io_floor_over_scforge_wall']:.2f}x wall (target <= 2x)",
             "",
         ]
     return "\n".join(lines) + "\n"
