@@ -6,8 +6,8 @@ loader at a few thousand cells/s). A block is one zstd frame of::
 
     b"SCFB" | uint32 header length | header JSON | arrays (each 8-byte aligned)
 
-The header lists the arrays (name, dtype, length, offset, byte-shuffled) and carries the string fields (``cell_id`` and
-the kept obs fields) as JSON lists. Arrays: ``lengths`` (uint32, tokens per cell), ``tokens``
+The header lists the arrays (name, dtype, length, offset, byte-shuffled) and carries the
+string fields (``cell_id`` and the kept obs fields) as JSON lists. Arrays: ``lengths`` (uint32, tokens per cell), ``tokens``
 (uint16/uint32), optional ``values`` (uint8 bins or float16/float32), ``row`` (int64 row in the
 source input). Decoding is ``json.loads`` + ``np.frombuffer``: nothing executable.
 
@@ -102,9 +102,12 @@ def decode_block(blob: bytes) -> dict[str, Any]:
             planes = np.frombuffer(
                 body, dtype=np.uint8, count=count * dt.itemsize, offset=base + pos
             )
-            out[name] = (
-                np.ascontiguousarray(planes.reshape(dt.itemsize, count).T).view(dt).reshape(-1)
-            )
+            # Filling byte columns of a preallocated array is ~5x faster than a transposed copy.
+            arr = np.empty((count, dt.itemsize), dtype=np.uint8)
+            byte_planes = planes.reshape(dt.itemsize, count)
+            for k in range(dt.itemsize):
+                arr[:, k] = byte_planes[k]
+            out[name] = arr.view(dt).reshape(-1)
         else:
             out[name] = np.frombuffer(body, dtype=dt, count=count, offset=base + pos)
     out.update(header["strings"])

@@ -73,8 +73,9 @@ class StreamConfig:
     """When truncating a cell that ends in ``<eos>``, keep ``<eos>`` as its last token (first
     ``max_len - 1`` tokens + ``<eos>``), so every sequence still ends with it."""
     verify: str = "first"
-    """sha256 check of each shard: ``always`` (every time a worker opens it), ``first`` (first
-    open per process) or ``never`` (blocks are still checked for consistency when decoded)."""
+    """sha256 check of each shard: ``always`` (every time a worker opens it), ``first`` (once
+    per training process: workers report what they checked, so later epochs' workers skip it)
+    or ``never`` (blocks are still checked for consistency when decoded)."""
     on_error: str = "raise"
     """Unreadable shard: ``raise`` (error naming the shard) or ``skip`` (counted in
     ``metrics``; its cells are replaced by copies of readable cells of the same window so every

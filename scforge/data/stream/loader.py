@@ -110,17 +110,36 @@ class StatefulLoader:
                             multiprocessing_context=self._context(),
                             prefetch_factor=self.prefetch_factor, pin_memory=self.pin_memory,
                             timeout=self.timeout, persistent_workers=False, in_order=True)
+        it = iter(loader)
         try:
-            for item in loader:
+            for item in it:
                 for batch in item.batches if isinstance(item, StreamGroup) else [item]:
                     if batch.info is None:
                         raise RuntimeError("a batch arrived without its BatchInfo; was the "
                                            "stream wrapped by another dataset?")
                     stream.record(batch.info)
                     yield batch
+        except Exception:
+            _stop_workers(it)
+            raise
         finally:
-            del loader
+            del it
             forget_mapped()
         if stream.epoch == epoch:
             raise RuntimeError(f"the DataLoader ended epoch {epoch} after {stream.delivered} of "
                                f"{stream.batches_per_epoch} batches; a worker stopped early")
+
+
+def _stop_workers(it: Any) -> None:
+    """Ends the workers of a failed DataLoader iterator at once.
+
+    After a worker raised, torch's own shutdown (run whenever the iterator is collected, often
+    much later since the traceback holds it) waits ~5 s per worker for them to exit; the error
+    is already on its way to the caller, so nothing is lost by ending them now.
+    """
+    for w in getattr(it, "_workers", []):
+        if w.is_alive():
+            w.terminate()
+    shutdown = getattr(it, "_shutdown_workers", None)
+    if callable(shutdown):
+        shutdown()

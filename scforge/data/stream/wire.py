@@ -1,18 +1,20 @@
-"""How batches travel from DataLoader workers to the trainer: compact, one segment per message.
+"""How batches travel from DataLoader workers to the trainer: compact, pooled, one per message.
 
 Measured on the 2-core CPU machine (torch 2.13, forkserver workers): handing one tensor storage
-from a worker to the main process costs ~0.5 ms of main-process CPU whatever its size (a
-file-descriptor hand-over per storage), and first writes to fresh shared-memory pages cost
-~0.3 ms per MB in the worker. A batch of 64 Geneformer cells as int64 ids + int64 labels + bool
-mask is ~1.6 MB in three storages: shipping it as is caps a loader near 25k cells/s.
+from a worker to the main process costs ~0.4-0.5 ms of main-process CPU whatever its size (a
+file-descriptor hand-over per storage), and every first touch of a fresh 4 KiB page costs
+~1.3 us (writes in the worker, reads of a fresh mapping in the main process). A batch of 64
+Geneformer cells as int64 ids + int64 labels + bool mask is ~1.6 MB in three storages: shipping
+it as is capped a 2-worker loader near 20-25k cells/s.
 
-So a worker builds each batch in its *wire* form, directly in shared memory: ids and labels in
-the narrowest integer type that holds the vocabulary (int16 for Geneformer: 4x fewer bytes than
-int64), no attention mask (rebuilt from the lengths), every tensor of a group of batches carved
-from one :class:`Arena` (one storage, one hand-over per message). Unpickling in the main process
-*materialises* the contract :class:`~scforge.contracts.Batch` (long ids/labels, bool mask): a
-dtype conversion of ~0.1 ms per batch. Nothing here is a file format: pickling is only the
-DataLoader's own worker queue.
+So a worker builds each batch in its *wire* form: ids and labels in the narrowest integer type
+that holds the vocabulary (int16 for Geneformer: 4x fewer bytes than int64), no attention mask
+(rebuilt from the lengths), every tensor of a group of batches carved from one :class:`Arena`
+(one storage, one hand-over per message), and arenas taken from a per-worker :class:`ShmPool`
+that is reused once the main process has copied a group out (so pages stay mapped on both
+sides). Unpickling in the main process *materialises* the contract
+:class:`~scforge.contracts.Batch` (long ids/labels, bool mask) into recycled buffers. Nothing
+here is a file format: pickling is only the DataLoader's own worker queue.
 """
 
 from __future__ import annotations
@@ -244,9 +246,11 @@ def materialize(buffer: torch.Tensor, layout: Layout, lengths: list[int],
             view = out
         tensors[name] = torch.from_numpy(view)
         width = shape[1]
-    lens = np.asarray(lengths, dtype=np.int64)
     mask = RECYCLER.empty((len(lengths), width), np.bool_)
-    np.less(np.arange(width)[None, :], lens[:, None], out=mask)
+    mask.fill(True)
+    for r, n in enumerate(lengths):  # bucketed rows are mostly full: few short tails to clear
+        if n < width:
+            mask[r, n:] = False
     tensors["attention_mask"] = torch.from_numpy(mask)
     batch = StreamBatch(**tensors, obs=obs, cell_ids=cell_ids)
     batch.info = info

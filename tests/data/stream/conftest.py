@@ -23,8 +23,7 @@ def make_shards(inp: Path, out: Path, recipe: str, *overrides: str) -> Path:
 def cb_shards(tmp_path_factory, cellbench_path) -> Path:
     """cellbench (1,408 cells), Geneformer V2 tokens: 5 shards of <= 300 cells, blocks of 64."""
     return make_shards(cellbench_path, tmp_path_factory.mktemp("cb") / "shards",
-                       "geneformer_v2.yaml", "shard.cells_per_shard=300", "shard.block_cells=64",
-                       "source.obs_fields=[cell_type,batch]")
+                       "geneformer_v2.yaml", "shard.cells_per_shard=300", "shard.block_cells=64")
 
 
 @pytest.fixture(scope="session")

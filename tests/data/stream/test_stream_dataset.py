@@ -144,6 +144,10 @@ def test_sources_file_url_url_list_and_fsspec(cb_shards):
     want = [c["cell_id"] for c in read_shards(cb_shards) if c["shard"] in
             {e["file"] for e in man["shards"][1:3]}]
     assert cell_ids(list(sub)) == want
+    piped = [f"pipe:cat {cb_shards / e['file']}" for e in man["shards"][1:3]]
+    sub = ShardStream(piped, cfg(shuffle=False, bucketing={"enabled": False}),
+                      manifest=cb_shards / "manifest.json")
+    assert cell_ids(list(sub)) == want
     fsspec = pytest.importorskip("fsspec")
     fs = fsspec.filesystem("memory")
     for p in cb_shards.iterdir():

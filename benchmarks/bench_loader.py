@@ -1,0 +1,352 @@
+"""Loader benchmark: scforge's ShardStream vs on-the-fly tokenization from backed AnnData.
+
+Every pipeline delivers the same thing: batches of 64 cells as torch tensors, Geneformer V2
+rank-value tokens padded to the longest cell (at most 2,048 tokens) and BERT-masked (15%,
+80/10/10), i.e. what a Geneformer pretraining step consumes. Measured in one run:
+
+- scforge: ``ShardStream`` + ``StatefulLoader`` with 0, 1 and 2 worker processes, from shards
+  of the same cells (sharding time reported separately; it is paid once per corpus).
+- (a) AnnData backed mode (``anndata.read_h5ad(path, backed="r")``): random batches of rows,
+  each cell tokenized by a per-cell NumPy Geneformer tokenizer (normalise by n_counts * 1e4 /
+  gene median, argsort descending), padded and masked; a map-style dataset in a DataLoader
+  with 0 and 2 workers. This is what most users do today.
+- (b) scDataset (``scdataset`` on PyPI) over the same backed AnnData with the same per-batch
+  tokenization, if it can be imported (``--scdataset-path DIR`` adds a ``pip install --target``
+  directory; annbatch needs Python >= 3.12 and is reported as not installable here).
+
+The consumer only counts cells (a GPU trainer would copy the tensors to the device), so the
+numbers are delivery rates. ``--corpus PATH`` (or ``--synthetic N`` through
+``scforge.testing.write_synthetic_h5ad``) adds a large-corpus scforge run with 2 workers.
+
+Usage: ``python -m benchmarks.bench_loader [--repeat 8] [--corpus big.h5ad]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from benchmarks.common import RESULTS, machine
+
+REPO = Path(__file__).resolve().parents[1]
+PBMC = REPO / ".." / "shared" / "data" / "pbmc_2batch.h5ad"
+BATCH, MAX_LEN = 64, 2048
+
+
+# ----------------------------------------------------------------------------- baselines
+class GeneformerPerCell:
+    """Geneformer's tokenizer loop: per cell normalise, argsort descending, <cls> ... <eos>."""
+
+    def __init__(self, var_ids: list[str]) -> None:
+        from scforge.data.vocab import GeneVocab
+
+        vocab = GeneVocab.from_geneformer("v2")
+        gmap, _ = vocab.map_genes(var_ids)
+        cols = np.flatnonzero(gmap.col_token >= 0)
+        # Geneformer sums the counts of input columns that collapse onto one token.
+        self.toks, inv = np.unique(gmap.col_token[cols], return_inverse=True)
+        self.collapse = sp.csr_matrix((np.ones(len(cols)), (cols, inv)),
+                                      shape=(len(var_ids), len(self.toks)))
+        self.factor = 10_000.0 / vocab.median_array()[self.toks]
+        self.vocab_size = vocab.size
+
+    def __call__(self, x: sp.csr_matrix) -> list[np.ndarray]:
+        n_counts = np.asarray(x.sum(axis=1, dtype=np.float64)).ravel()
+        xv = (x.astype(np.float64) @ self.collapse).tocsr()
+        out = []
+        for r in range(xv.shape[0]):
+            lo, hi = xv.indptr[r], xv.indptr[r + 1]
+            v = xv.data[lo:hi] / n_counts[r] * self.factor[xv.indices[lo:hi]]
+            order = np.argsort(-v)[: MAX_LEN - 2]
+            out.append(np.concatenate(([2], self.toks[xv.indices[lo:hi][order]], [3])))
+        return out
+
+
+def pad_and_mask(seqs: list[np.ndarray], rng: np.random.Generator, vocab_size: int) -> dict:
+    """HF-style collator in NumPy: pad to the longest, mask 15% of genes 80/10/10."""
+    lens = np.array([len(s) for s in seqs])
+    ids = np.zeros((len(seqs), int(lens.max())), dtype=np.int64)
+    for r, s in enumerate(seqs):
+        ids[r, : len(s)] = s
+    attn = np.arange(ids.shape[1])[None, :] < lens[:, None]
+    sel = (rng.random(ids.shape) < 0.15) & (ids > 3)
+    labels = np.where(sel, ids, -100)
+    u = rng.random(ids.shape)
+    ids[sel & (u < 0.8)] = 1
+    rnd = sel & (u >= 0.8) & (u < 0.9)
+    ids[rnd] = rng.integers(4, vocab_size, int(rnd.sum()))
+    return {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(attn),
+            "labels": torch.from_numpy(labels)}
+
+
+class LazyBackedX:
+    """Backed ``adata.X``, opened lazily in each process (h5py handles do not survive pickling)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._x: Any = None
+        import anndata
+
+        a = anndata.read_h5ad(path, backed="r")
+        self.n = a.n_obs
+        self.var_ids = list(a.var_names)
+        a.file.close()
+
+    def _open(self) -> Any:
+        if self._x is None:
+            import anndata
+
+            self._x = anndata.read_h5ad(self.path, backed="r").X
+        return self._x
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, idx: Any) -> sp.csr_matrix:
+        return self._open()[np.sort(np.asarray(idx))]
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_x": None}
+
+
+class TokenizeBatch:
+    """CSR rows -> tokenized, padded, masked batch (a picklable batch_transform)."""
+
+    def __init__(self, var_ids: list[str]) -> None:
+        self.tok = GeneformerPerCell(var_ids)
+        self.rng = np.random.default_rng(0)
+
+    def __call__(self, x: sp.csr_matrix) -> dict:
+        return pad_and_mask(self.tok(x), self.rng, self.tok.vocab_size)
+
+
+class BackedBatches(torch.utils.data.Dataset):
+    """Map-style: item i = random batch i of backed rows, tokenized, padded, masked."""
+
+    def __init__(self, x: LazyBackedX, n_batches: int, seed: int = 0) -> None:
+        self.x = x
+        self.tok = GeneformerPerCell(x.var_ids)
+        perm = np.random.default_rng(seed).permutation(len(x))
+        self.batches = [perm[i * BATCH : (i + 1) * BATCH] for i in range(n_batches)]
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, i: int) -> dict:
+        idx = np.sort(self.batches[i])
+        return pad_and_mask(self.tok(self.x[idx]), np.random.default_rng(i), self.tok.vocab_size)
+
+
+# ----------------------------------------------------------------------------- measuring
+def measure(batches: Iterable[Any], size: Callable[[Any], int], limit: int | None = None) -> dict:
+    """Cells/s overall and after the first batch (startup excluded), main-process CPU/cell."""
+    t0 = time.perf_counter()
+    r0 = resource.getrusage(resource.RUSAGE_SELF)
+    n = n_first = 0
+    t_first = None
+    for b in batches:
+        n += size(b)
+        if t_first is None:
+            t_first, n_first = time.perf_counter(), n
+        if limit is not None and n >= limit:
+            break
+    t1 = time.perf_counter()
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime
+    steady = (n - n_first) / (t1 - t_first) if t_first is not None and t1 > t_first else 0.0
+    return {"cells": n, "seconds": round(t1 - t0, 3), "cells_per_s": round(n / (t1 - t0)),
+            "steady_cells_per_s": round(steady), "first_batch_s": round((t_first or t1) - t0, 3),
+            "main_cpu_us_per_cell": round(cpu / max(n, 1) * 1e6, 2)}
+
+
+def run_scforge(shards: Path, workers: int, epochs: int) -> dict:
+    from scforge.data.stream import ShardStream, StatefulLoader, StreamConfig
+
+    cfg = StreamConfig(batch_size=BATCH, max_len=MAX_LEN)
+    stream = ShardStream(shards, cfg)
+    loader = StatefulLoader(stream, num_workers=workers)
+
+    def all_epochs() -> Iterable[Any]:
+        for _ in range(epochs):
+            yield from loader
+
+    res = measure(all_epochs(), lambda b: b.size)
+    res.update(workers=workers, epochs=epochs, pad_fraction=round(stream.metrics["pad_fraction"], 4))
+    return res
+
+
+def run_backed(path: Path, workers: int, n_batches: int) -> dict:
+    ds = BackedBatches(LazyBackedX(str(path)), n_batches)
+    dl = torch.utils.data.DataLoader(ds, batch_size=None, shuffle=False, num_workers=workers,
+                                     multiprocessing_context="forkserver" if workers else None)
+    res = measure(dl, lambda b: int(b["input_ids"].shape[0]))
+    res.update(workers=workers)
+    return res
+
+
+def run_scdataset(path: Path, workers: int, n_batches: int) -> dict:
+    from scdataset import scDataset
+    from scdataset.strategy import BlockShuffling
+
+    x = LazyBackedX(str(path))
+    ds = scDataset(x, BlockShuffling(block_size=8), batch_size=BATCH, fetch_factor=16,
+                   batch_transform=TokenizeBatch(x.var_ids), seed=0)
+    dl = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=workers,
+                                     multiprocessing_context="forkserver" if workers else None)
+    res = measure(dl, lambda b: int(b["input_ids"].shape[0]), limit=n_batches * BATCH)
+    res.update(workers=workers)
+    return res
+
+
+def shard(inputs: list[Path], out: Path, cells_per_shard: int) -> dict:
+    from scforge.config import ShardJobConfig, load_config
+    from scforge.data.shard import ShardJob
+
+    cfg = load_config(ShardJobConfig, [REPO / "configs/shard/geneformer_v2.yaml"],
+                      [f"shard.cells_per_shard={cells_per_shard}", "shard.workers=2"])
+    return ShardJob([str(p) for p in inputs], out, cfg, progress=False).run()
+
+
+def _try_scdataset(path: Path, workers: int, n_batches: int) -> dict:
+    try:
+        return run_scdataset(path, workers, n_batches)
+    except ImportError as e:
+        return {"workers": workers, "error": f"scdataset not importable ({e}); install it into "
+                "a throwaway dir: pip install --no-deps --target DIR scdataset, then pass "
+                "--scdataset-path DIR"}
+
+
+def _annbatch_status() -> str:
+    try:
+        import annbatch  # noqa: F401
+
+        return "importable (not benchmarked: no loader adapter written yet)"
+    except ImportError:
+        return (f"not installable here: every annbatch release requires Python >= 3.12 "
+                f"(this venv: {sys.version.split()[0]})")
+
+
+def markdown(payload: dict) -> str:
+    m = payload["machine"]
+    lines = [f"# Loader benchmark ({m['date']})", "",
+             f"Machine: {m['cpu']}, {m['cores']} cores, {m['ram_gb']} GiB RAM, GPU: {m['gpu']}; "
+             f"git {m['git']}; 1-min load average {payload['load_average']:.2f} at start, "
+             f"{payload['load_average_end']:.2f} at end (other sessions share the cores); "
+             f"{json.dumps(m['versions'])}", "",
+             f"Batches of {BATCH} cells, Geneformer V2 tokens padded to the longest cell "
+             f"(<= {MAX_LEN}), BERT-masked 15% (80/10/10), torch tensors. Input: "
+             f"{payload['input']}. Steady = after the first batch (worker start-up excluded).", "",
+             "| pipeline | workers | cells | cells/s | steady cells/s | first batch (s) | "
+             "main CPU us/cell |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, runs in (("scforge ShardStream", payload["scforge"]),
+                       ("(a) AnnData backed + per-cell NumPy", payload["backed"]),
+                       ("(b) scDataset + per-cell NumPy", payload["scdataset"]),
+                       ("scforge, large corpus", payload.get("corpus_runs", []))):
+        for r in runs:
+            if "error" in r:
+                lines.append(f"| {name} | {r['workers']} | | | | | {r['error']} |")
+                continue
+            lines.append(f"| {name} | {r['workers']} | {r['cells']:,} | {r['cells_per_s']:,} | "
+                         f"{r['steady_cells_per_s']:,} | {r['first_batch_s']} | "
+                         f"{r['main_cpu_us_per_cell']} |")
+    lines += ["", f"- sharding the input once: {payload['sharding']['cells_per_s']:,} cells/s "
+              f"({payload['sharding']['seconds']} s)",
+              f"- pad fraction with length bucketing: {payload['scforge'][0]['pad_fraction']}",
+              f"- annbatch: {payload['annbatch']}"]
+    for k, v in payload["ratios"].items():
+        lines.append(f"- {k}: **{v}x**")
+    lines += ["", "Targets in the issue: >= 100k cells/s with 2 workers; >= 10x (a); ahead of (b)."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--h5ad", type=Path, default=PBMC)
+    ap.add_argument("--repeat", type=int, default=8,
+                    help="shard the input this many times over (steady state needs > 1 epoch "
+                         "of 10k cells per worker)")
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--baseline-batches", type=int, default=60)
+    ap.add_argument("--scdataset-path", type=Path, default=None)
+    ap.add_argument("--corpus", type=Path, default=None,
+                    help="large h5ad to shard and stream (or a shard directory)")
+    ap.add_argument("--synthetic", type=int, default=0,
+                    help="generate a synthetic corpus of this many cells (scforge.testing)")
+    ap.add_argument("--trials", type=int, default=2,
+                    help="repeat each measurement; the best trial is reported (shared machines)")
+    ap.add_argument("--no-write", action="store_true")
+    args = ap.parse_args(argv)
+    if args.scdataset_path is not None:
+        sys.path.insert(0, str(args.scdataset_path))
+    payload: dict[str, Any] = {"machine": machine(), "load_average": os.getloadavg()[0],
+                               "config": {"batch_size": BATCH, "max_len": MAX_LEN,
+                                          "masking": "bert 0.15 80/10/10"}}
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "shards"
+        t0 = time.perf_counter()
+        job = shard([args.h5ad] * args.repeat, out, cells_per_shard=2000)
+        secs = time.perf_counter() - t0
+        payload["input"] = f"{args.h5ad.name} x {args.repeat} = {job['cells']:,} real cells; best of {args.trials} trials"
+        payload["sharding"] = {"seconds": round(secs, 1), "cells_per_s": round(job["cells"] / secs)}
+        def best(fn: Callable[[], dict]) -> dict:
+            runs = [fn() for _ in range(args.trials)]
+            top = max(runs, key=lambda r: r.get("steady_cells_per_s", 0))
+            return {**top, "trials_steady": [r.get("steady_cells_per_s") for r in runs]}
+
+        payload["scforge"] = [best(lambda w=w: run_scforge(out, w, args.epochs))
+                              for w in (0, 1, 2)]
+        payload["backed"] = [best(lambda w=w: run_backed(args.h5ad, w, args.baseline_batches))
+                             for w in (0, 2)]
+        payload["scdataset"] = [best(lambda w=w: _try_scdataset(args.h5ad, w,
+                                                                args.baseline_batches))
+                                for w in (0, 2)]
+        payload["annbatch"] = _annbatch_status()
+        corpus = args.corpus
+        if corpus is None and args.synthetic:
+            from scforge.testing import write_synthetic_h5ad
+
+            corpus = Path(tmp) / "synthetic.h5ad"
+            write_synthetic_h5ad(corpus, args.synthetic, 20_000, seed=0)
+        if corpus is not None and (corpus / "manifest.json").is_file():
+            big = corpus  # already sharded
+        elif corpus is not None:
+            big = Path(tmp) / "corpus_shards"
+            t0 = time.perf_counter()
+            shard([corpus], big, cells_per_shard=50_000)
+            payload["corpus_sharding_s"] = round(time.perf_counter() - t0, 1)
+        if corpus is not None:
+            payload["corpus"] = str(corpus)
+            payload["corpus_runs"] = [best(lambda: run_scforge(big, 2, 1))]
+    payload["load_average_end"] = os.getloadavg()[0]
+    best = max(r["steady_cells_per_s"] for r in payload["scforge"] if r["workers"] == 2)
+    ratios = {"scforge 2 workers / (a) best": round(best / max(
+        r["steady_cells_per_s"] for r in payload["backed"]), 1)}
+    scd = [r["steady_cells_per_s"] for r in payload["scdataset"] if "error" not in r]
+    if scd:
+        ratios["scforge 2 workers / (b) best"] = round(best / max(scd), 1)
+    payload["ratios"] = ratios
+    print(json.dumps(payload, indent=1, default=str))
+    if not args.no_write:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        stem = RESULTS / f"loader_{dt.date.today().isoformat()}"
+        stem.with_suffix(".json").write_text(json.dumps(payload, indent=1, default=str) + "\n")
+        stem.with_suffix(".md").write_text(markdown(payload))
+        print(f"wrote {stem}.json and {stem}.md", file=sys.stderr)
+    return payload
+
+
+if __name__ == "__main__":
+    main()
