@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.scforge-installed
-EXTRAS ?= dev
+EXTRAS ?= dev,census,eval
 
 .PHONY: venv demo test test-all lint bench clean
 

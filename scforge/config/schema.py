@@ -8,6 +8,62 @@ from scforge.config.loader import ConfigError
 
 
 @dataclass
+class SomaConfig:
+    """A TileDB-SOMA experiment or the CELLxGENE Census as input (``census://``/``soma://`` URL
+    parameters override these; with no positional inputs, a set ``uri`` or ``census_version``
+    makes this block the input)."""
+
+    uri: str = ""
+    """SOMA experiment URI (local path, ``s3://``...), or with ``census_version`` a Census root
+    (a local copy or mirror opened with ``cellxgene_census.open_soma(uri=...)``)."""
+    census_version: str = ""
+    """Census release (``2025-01-30``, ``stable``, ``latest``): the input is the Census."""
+    organism: str = "homo_sapiens"
+    """Census experiment (``homo_sapiens``, ``mus_musculus``)."""
+    measurement: str = "RNA"
+    layer: str = "raw"
+    """X layer holding raw counts."""
+    obs_value_filter: str = ""
+    """TileDB value filter on obs, e.g. ``tissue_general == 'blood' and is_primary_data == True``."""
+    obs_columns: list[str] = field(default_factory=list)
+    """obs columns stored with every cell besides ``source.obs_fields`` (``soma_joinid`` always)."""
+
+
+@dataclass
+class QCConfig:
+    """Cell filters applied inside each unit (0 / 1.0 = off); drops are counted per reason."""
+
+    min_genes: int = 0
+    """Drop cells with fewer detected genes (nonzero columns, any gene)."""
+    max_genes: int = 0
+    min_counts: int = 0
+    """Drop cells with fewer total counts."""
+    max_counts: int = 0
+    max_mito_fraction: float = 1.0
+    """Drop cells whose MT- gene counts exceed this fraction of their total (MT- genes found
+    through var symbols or the bundled Ensembl -> symbol map)."""
+    filter_pass_column: str = "filter_pass"
+    """obs column of a previous QC (Geneformer convention: keep rows where it is 1/true); ignored
+    when the input lacks it; "" = never use it."""
+
+
+@dataclass
+class HVGConfig:
+    """Highly variable genes (Seurat v3 on raw counts, as scanpy's ``flavor='seurat_v3'``),
+    computed in a statistics pass over the QC-passing cells; other genes are not tokenized."""
+
+    n_top_genes: int = 0
+    """0 = off; e.g. 1200 as in scGPT fine-tuning."""
+    batch_key: str = ""
+    """obs column (or ``dataset``) for batch-aware selection; "" = one batch."""
+    span: float = 0.3
+    """LOESS span of the mean-variance fit."""
+    genes: str = ""
+    """JSON written by ``scforge-shard stats --hvg N`` (or a JSON list of gene ids): use these
+    genes instead of recomputing."""
+
+
+@dataclass
 class SourceConfig:
     """Where counts and gene ids come from in each input."""
 
@@ -22,6 +78,11 @@ class SourceConfig:
     """Rows read and tokenized at a time; bounds memory."""
     require_raw_counts: bool = True
     """Refuse non-integer, negative or NaN values."""
+    zarr_backend: str = ""
+    """Reader of AnnData .zarr inputs: ``tensorstore`` or ``zarr``; "" = the measured default."""
+    soma: SomaConfig = field(default_factory=SomaConfig)
+    qc: QCConfig = field(default_factory=QCConfig)
+    hvg: HVGConfig = field(default_factory=HVGConfig)
 
 
 @dataclass
@@ -61,6 +122,9 @@ class BinnedConfig:
     """Seeds the deterministic tie-break at bin edges."""
     order: str = "input"
     """Gene order in the sequence: ``input`` (column order, as scGPT), ``token``, ``expression``."""
+    hvg: int = 0
+    """Shorthand for ``source.hvg.n_top_genes``: keep only this many highly variable genes (bin
+    edges then come from those genes only, as scGPT bins after subsetting to HVGs)."""
 
 
 @dataclass
@@ -106,6 +170,21 @@ class ShardConfig:
     """zstd level of each block."""
     workers: int = 1
     """Processes writing shards in parallel."""
+    format: str = "tar"
+    """``tar`` (WebDataset shards) or ``zarr`` (a Zarr v3 token store, ``scforge.data.store``)."""
+
+
+@dataclass
+class StatsConfig:
+    """``scforge-shard stats``: corpus gene statistics."""
+
+    target_sum: float = 10_000.0
+    """Medians are of counts / cell total * target_sum (Geneformer's normalisation)."""
+    max_exact_values: int = 100_000_000
+    """Nonzero values kept for exact medians (8 bytes each); beyond it a log-histogram sketch
+    takes over (relative error <= ``relative_error``)."""
+    relative_error: float = 0.005
+    """Relative accuracy of the sketch's medians."""
 
 
 @dataclass
@@ -116,6 +195,12 @@ class ShardJobConfig:
     vocab: VocabConfig = field(default_factory=VocabConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     shard: ShardConfig = field(default_factory=ShardConfig)
+    stats: StatsConfig = field(default_factory=StatsConfig)
+
+    @property
+    def hvg_n_top(self) -> int:
+        """HVGs to keep (``source.hvg.n_top_genes`` or ``tokenizer.binned_expression.hvg``)."""
+        return self.source.hvg.n_top_genes or self.tokenizer.binned_expression.hvg
 
     def validate(self) -> None:
         """Checks values the type system cannot (ranges, enumerations)."""
@@ -167,3 +252,36 @@ class ShardJobConfig:
             )
         if self.vocab.kind == "json" and not self.vocab.token_dictionary:
             raise ConfigError("vocab.kind=json needs vocab.token_dictionary=<path to JSON>")
+        if self.shard.format not in ("tar", "zarr"):
+            raise ConfigError(f"shard.format={self.shard.format!r}; choose 'tar' or 'zarr'")
+        if self.source.zarr_backend not in ("", "tensorstore", "zarr"):
+            raise ConfigError(
+                f"source.zarr_backend={self.source.zarr_backend!r}; choose tensorstore or zarr"
+            )
+        self._validate_qc_hvg()
+
+    def _validate_qc_hvg(self) -> None:
+        qc = self.source.qc
+        for key in ("min_genes", "max_genes", "min_counts", "max_counts"):
+            if getattr(qc, key) < 0:
+                raise ConfigError(f"source.qc.{key}={getattr(qc, key)} must be >= 0 (0 = off)")
+        if not 0.0 < qc.max_mito_fraction <= 1.0:
+            raise ConfigError(
+                f"source.qc.max_mito_fraction={qc.max_mito_fraction} must be in (0, 1] (1 = off)"
+            )
+        hvg, alias = self.source.hvg.n_top_genes, self.tokenizer.binned_expression.hvg
+        if hvg < 0 or alias < 0:
+            raise ConfigError("source.hvg.n_top_genes and tokenizer.binned_expression.hvg >= 0")
+        if hvg and alias and hvg != alias:
+            raise ConfigError(
+                f"source.hvg.n_top_genes={hvg} and tokenizer.binned_expression.hvg={alias} "
+                "disagree; set one of them"
+            )
+        if not 0.0 < self.source.hvg.span <= 1.0:
+            raise ConfigError(f"source.hvg.span={self.source.hvg.span} must be in (0, 1]")
+        st = self.stats
+        if not 0.0 < st.relative_error < 0.5 or st.max_exact_values < 0 or st.target_sum <= 0:
+            raise ConfigError(
+                "stats.relative_error must be in (0, 0.5), stats.max_exact_values >= 0 and "
+                "stats.target_sum > 0"
+            )

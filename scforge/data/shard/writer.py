@@ -1,9 +1,10 @@
-"""The sharding job: inputs -> tokenized, compressed, versioned WebDataset shards.
+"""The sharding job: inputs -> tokenized, compressed, versioned shards (tar or a Zarr store).
 
 Work is cut into units (one shard = a contiguous row range of one input), so the output is a pure
 function of (inputs, config): any number of processes or cluster partitions, and any crash and
 rerun, produce byte-identical shards. Within a unit, reading the next chunk overlaps tokenizing
-and compressing the current one.
+and compressing the current one. QC-dropped cells leave a unit with fewer cells; its blocks stay
+packed (every block holds ``block_cells`` cells but the last), so readers index cells as before.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import logging
 import os
 import tarfile
 import time
+from collections import deque
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from multiprocessing import get_context
@@ -31,19 +33,24 @@ from scforge.data.shard.manifest import (
     read_sidecar,
     sidecar_path,
 )
-from scforge.data.sources import Source, SourceError, open_source
-from scforge.data.tokenizers import Tokenizer, get_tokenizer
-from scforge.data.vocab import GeneVocab, MappingReport, build_vocab
-from scforge.kernels import GeneMap, check_raw_counts
+from scforge.data.shard.prepare import (
+    CellPacker,
+    Piece,
+    Prepared,
+    ShardError,
+    UnitTally,
+    input_label,
+    iter_unit,
+)
+from scforge.data.sources import SourceError
+from scforge.data.stats.qc import add_counts
 
 log = logging.getLogger(__name__)
 
 # Seconds to sleep after each chunk: lets crash-and-resume tests kill a job mid-shard.
 _CHUNK_DELAY = float(os.environ.get("SCFORGE_SHARD_CHUNK_DELAY", "0") or 0)
 
-
-class ShardError(ValueError):
-    """The job cannot run as asked; the message says what to change."""
+_Prepared = Prepared  # the name benchmarks/bench_shard.py imports
 
 
 @dataclass(frozen=True)
@@ -61,6 +68,10 @@ class Unit:
     def file(self) -> str:
         return f"shard-{self.index:06d}.tar"
 
+    @property
+    def name(self) -> str:
+        return f"shard-{self.index:06d}"
+
 
 def plan_units(sizes: list[int], cells_per_shard: int) -> list[Unit]:
     """Cuts inputs of ``sizes`` cells into shards of ``cells_per_shard`` (never across inputs)."""
@@ -73,94 +84,26 @@ def plan_units(sizes: list[int], cells_per_shard: int) -> list[Unit]:
     return units
 
 
-class _Prepared:
-    """Sources, gene maps and tokenizer of a job (rebuilt in each worker process)."""
-
-    def __init__(self, inputs: list[str], cfg: ShardJobConfig) -> None:
-        self.cfg = cfg
-        self.vocab: GeneVocab = build_vocab(
-            cfg.vocab.kind,
-            token_dictionary=cfg.vocab.token_dictionary,
-            gene_medians=cfg.vocab.gene_medians,
-            id_mapping=cfg.vocab.id_mapping,
-        )
-        self.tokenizer: Tokenizer = get_tokenizer(cfg.tokenizer.strategy)(cfg.tokenizer, self.vocab)
-        self.sources: list[Source] = []
-        self.maps: list[GeneMap] = []
-        self.reports: list[MappingReport] = []
-        for path in inputs:
-            src = open_source(path, layer=cfg.source.layer, gene_column=cfg.source.gene_column)
-            try:
-                gmap, rep = self.vocab.map_genes(
-                    src.gene_ids(),
-                    var_symbols=src.gene_symbols(),
-                    symbol_mapping=cfg.vocab.symbol_mapping,
-                    min_overlap=cfg.vocab.min_overlap,
-                )
-            except ValueError as e:
-                raise ShardError(f"{path}: {e}") from None
-            self.sources.append(src)
-            self.maps.append(gmap)
-            self.reports.append(rep)
-        self._obs_cache: dict[int, tuple[np.ndarray, dict[str, np.ndarray]]] = {}
-
-    def obs(self, i: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        if i not in self._obs_cache:
-            src = self.sources[i]
-            df = src.obs_columns(list(self.cfg.source.obs_fields))
-            self._obs_cache[i] = (src.obs_names(), {c: df[c].to_numpy() for c in df.columns})
-        return self._obs_cache[i]
-
-
-def _check_counts(prep: _Prepared, unit_input: int, chunk) -> None:
-    if not prep.cfg.source.require_raw_counts:
-        return
-    bad = check_raw_counts(chunk.data)
-    if bad is None:
-        return
-    pos, problem = bad
-    row = chunk.start + int(np.searchsorted(chunk.indptr, pos, side="right") - 1)
-    src = prep.sources[unit_input]
-    raise ShardError(
-        f"{src.path}: {prep.cfg.source.layer} holds {problem} values (e.g. {chunk.data[pos]!r} in "
-        f"row {row}) but raw counts are required; point source.layer at the raw-count matrix "
-        "(e.g. source.layer=layers/counts or raw/X), or set source.require_raw_counts=false for "
-        "continuous_projection of already-normalised data"
-    )
-
-
-def _chunk_rows(cfg: ShardJobConfig) -> int:
-    """Chunk size rounded up to whole blocks, so blocks never depend on the chunk size."""
-    b = cfg.shard.block_cells
-    return max(b, -(-cfg.source.chunk_cells // b) * b)
-
-
-def _encode_blocks(prep: _Prepared, unit: Unit, chunk, tok) -> list[tuple[str, bytes, int]]:
-    """Splits a tokenized chunk into compressed blocks: (member name, bytes, n_tokens)."""
+def _encode_run(prep: Prepared, unit: Unit, block_no: int, run) -> tuple[str, bytes, int]:
+    """One compressed block: (member name, bytes, n_tokens)."""
+    rows, lens, toks, vals = run
     names, obs = prep.obs(unit.input_index)
-    cfg = prep.cfg
-    out = []
-    lengths_all = np.diff(tok.offsets)
-    for a in range(0, tok.n_cells, cfg.shard.block_cells):
-        b = min(a + cfg.shard.block_cells, tok.n_cells)
-        t0, t1 = int(tok.offsets[a]), int(tok.offsets[b])
-        rows = np.arange(chunk.start + a, chunk.start + b, dtype=np.int64)
-        arrays = {"lengths": lengths_all[a:b].astype(np.uint32), "tokens": tok.tokens[t0:t1]}
-        if tok.values is not None:
-            arrays["values"] = tok.values[t0:t1]
-        arrays["row"] = rows
-        strings = {"cell_id": names[chunk.start + a : chunk.start + b].tolist()}
-        for k, col in obs.items():
-            strings[k] = col[chunk.start + a : chunk.start + b].tolist()
-        member = f"{unit.index:06d}-{(chunk.start - unit.start + a) // cfg.shard.block_cells:06d}"
-        out.append(
-            (
-                f"{member}.{BLOCK_SUFFIX}",
-                encode_block(arrays, strings, level=cfg.shard.compression_level),
-                t1 - t0,
-            )
-        )
-    return out
+    arrays = {"lengths": lens.astype(np.uint32), "tokens": toks}
+    if vals is not None:
+        arrays["values"] = vals
+    arrays["row"] = rows.astype(np.int64)
+    strings = {"cell_id": names[rows].tolist()}
+    for k, col in obs.items():
+        strings[k] = col[rows].tolist()
+    member = f"{unit.index:06d}-{block_no:06d}.{BLOCK_SUFFIX}"
+    return member, encode_block(arrays, strings, level=prep.cfg.shard.compression_level), len(toks)
+
+
+def _encode_blocks(prep: Prepared, unit: Unit, piece: Piece) -> list[tuple[str, bytes, int]]:
+    """Blocks of one piece on its own (used to estimate shard sizes)."""
+    packer = CellPacker(prep.cfg.shard.block_cells)
+    runs = packer.add(piece) + packer.rest()
+    return [_encode_run(prep, unit, i, r) for i, r in enumerate(runs)]
 
 
 class _HashingWriter(io.RawIOBase):
@@ -176,47 +119,41 @@ class _HashingWriter(io.RawIOBase):
         return self.fh.write(b)
 
 
-def write_unit(prep: _Prepared, unit: Unit, out: Path, progress=None) -> dict:
-    """Writes one shard atomically (temp name, fsync, rename) and its sidecar; returns the entry."""
-    src = prep.sources[unit.input_index]
-    gmap = prep.maps[unit.input_index]
-    step = _chunk_rows(prep.cfg)
-    starts = list(range(unit.start, unit.stop, step))
+def write_unit(prep: Prepared, unit: Unit, out: Path, progress=None) -> dict:
+    """Writes one tar shard atomically (temp name, fsync, rename) and its sidecar; returns the
+    entry. Encoding runs one block behind reading and tokenizing."""
     tmp = out / f".{unit.file}.tmp-{os.getpid()}"
-    n_tokens = total_counts = mapped_counts = 0.0
+    tally = UnitTally()
+    n_tokens = 0.0
     n_blocks = 0
     index: list[list[int]] = []
+    packer = CellPacker(prep.cfg.shard.block_cells)
     try:
-        with open(tmp, "wb") as raw, ThreadPoolExecutor(2) as pool:
+        with open(tmp, "wb") as raw, ThreadPoolExecutor(1) as pool:
             hw = _HashingWriter(raw)
             with tarfile.open(fileobj=hw, mode="w|", format=tarfile.USTAR_FORMAT) as tar:
-                nxt = pool.submit(src.read_rows, starts[0], min(starts[0] + step, unit.stop))
-                pending = None
-                for i in range(len(starts)):
-                    chunk = nxt.result()
-                    if i + 1 < len(starts):
-                        b = starts[i + 1]
-                        nxt = pool.submit(src.read_rows, b, min(b + step, unit.stop))
-                    _check_counts(prep, unit.input_index, chunk)
-                    rows = unit.corpus_offset + np.arange(chunk.start, chunk.start + chunk.n_rows)
-                    tok = prep.tokenizer.tokenize(chunk, gmap, rows)
-                    total_counts += float(chunk.data.sum(dtype=np.float64))
-                    mapped_counts += float(
-                        chunk.data[gmap.col_token[chunk.indices] >= 0].sum(dtype=np.float64)
-                    )
-                    enc = pool.submit(_encode_blocks, prep, unit, chunk, tok)
-                    if pending is not None:
-                        n_blocks, n_tokens = _add_members(
-                            tar, pending.result(), n_blocks, n_tokens, index
+                pending: deque = deque()
+                block_no = 0
+
+                def submit(runs) -> None:
+                    nonlocal block_no
+                    for run in runs:
+                        pending.append(pool.submit(_encode_run, prep, unit, block_no, run))
+                        block_no += 1
+
+                for piece in iter_unit(prep, unit, delay=_CHUNK_DELAY):
+                    tally.add(piece)
+                    submit(packer.add(piece))
+                    while len(pending) > 1:
+                        n_blocks, n_tokens = _add_member(
+                            tar, pending.popleft().result(), n_blocks, n_tokens, index
                         )
-                    pending = enc
                     if progress is not None:
-                        progress(chunk.n_rows)
-                    if _CHUNK_DELAY:
-                        time.sleep(_CHUNK_DELAY)
-                if pending is not None:
-                    n_blocks, n_tokens = _add_members(
-                        tar, pending.result(), n_blocks, n_tokens, index
+                        progress(len(piece.rows) + piece.dropped.get("total", 0))
+                submit(packer.rest())
+                while pending:
+                    n_blocks, n_tokens = _add_member(
+                        tar, pending.popleft().result(), n_blocks, n_tokens, index
                     )
             raw.flush()
             os.fsync(raw.fileno())
@@ -226,51 +163,62 @@ def write_unit(prep: _Prepared, unit: Unit, out: Path, progress=None) -> dict:
             tmp.unlink()
     entry = {
         "file": unit.file,
-        "cells": unit.stop - unit.start,
         "tokens": int(n_tokens),
         "bytes": hw.n,
         "sha256": hw.sha.hexdigest(),
         "blocks": n_blocks,
-        "input": unit.input_index,
-        "rows": [unit.start, unit.stop],
         "block_index": index,
-        "total_counts": total_counts,
-        "mapped_counts": mapped_counts,
+        **tally.entry(unit),
     }
     atomic_write_json(sidecar_path(out, unit.file), entry)
     return entry
 
 
-def _add_members(tar: tarfile.TarFile, blocks, n_blocks: int, n_tokens: float, index: list):
-    for name, blob, ntok in blocks:
-        # Byte offset of the member's data (after its 512-byte header): lets readers seek to a
-        # block directly (exact resume, random access, ranged reads from object stores).
-        index.append([tar.offset + tarfile.BLOCKSIZE, len(blob)])
-        info = tarfile.TarInfo(name)
-        info.size = len(blob)
-        info.mtime = 0
-        info.mode = 0o644
-        info.uid = info.gid = 0
-        info.uname = info.gname = ""
-        tar.addfile(info, io.BytesIO(blob))
-        n_blocks += 1
-        n_tokens += ntok
-    return n_blocks, n_tokens
+def _add_member(tar: tarfile.TarFile, block, n_blocks: int, n_tokens: float, index: list):
+    name, blob, ntok = block
+    # Byte offset of the member's data (after its 512-byte header): lets readers seek to a
+    # block directly (exact resume, random access, ranged reads from object stores).
+    index.append([tar.offset + tarfile.BLOCKSIZE, len(blob)])
+    info = tarfile.TarInfo(name)
+    info.size = len(blob)
+    info.mtime = 0
+    info.mode = 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    tar.addfile(info, io.BytesIO(blob))
+    return n_blocks + 1, n_tokens + ntok
 
 
 # ---------------------------------------------------------------------------- worker processes
 _WORKER: dict = {}
 
 
-def _worker_init(inputs: list[str], cfg_dict: dict) -> None:
+def _worker_init(inputs: list[str], cfg_dict: dict, hvg_genes: list[str] | None) -> None:
     from scforge.config import ShardJobConfig, load_config
 
     cfg = load_config(ShardJobConfig, base=cfg_dict)
-    _WORKER["prep"] = _Prepared(inputs, cfg)
+    _WORKER["prep"] = Prepared(inputs, cfg, hvg_genes=hvg_genes)
 
 
 def _worker_run(unit_dict: dict, out: str) -> dict:
-    return write_unit(_WORKER["prep"], Unit(**unit_dict), Path(out))
+    prep = _WORKER["prep"]
+    return _unit_writer(prep.cfg)(prep, Unit(**unit_dict), Path(out))
+
+
+def _unit_writer(cfg: ShardJobConfig):
+    if cfg.shard.format == "zarr":
+        from scforge.data.store.writer import write_store_unit
+
+        return write_store_unit
+    return write_unit
+
+
+def _read_entry(cfg: ShardJobConfig, out: Path, unit: Unit) -> dict | None:
+    if cfg.shard.format == "zarr":
+        from scforge.data.store.writer import read_store_sidecar
+
+        return read_store_sidecar(out, unit.name)
+    return read_sidecar(out, unit.file)
 
 
 # ---------------------------------------------------------------------------- the job
@@ -278,7 +226,8 @@ class ShardJob:
     """A sharding job over ``inputs`` into ``out``.
 
     Args:
-        inputs: input paths (h5ad).
+        inputs: input paths or URLs (any format ``open_source`` reads); empty = the
+            ``source.soma`` block of the config.
         out: output directory.
         cfg: the resolved job config.
         partition: ``(i, n)``: this job writes units ``u`` with ``u % n == i``.
@@ -294,59 +243,100 @@ class ShardJob:
         partition: tuple[int, int] = (0, 1),
         progress: bool = True,
     ) -> None:
+        from scforge.data.shard.prepare import config_inputs
+
+        inputs = [str(p) for p in inputs] or config_inputs(cfg)
         if not inputs:
-            raise ShardError("no inputs given")
+            raise ShardError(
+                "no inputs given; name input files or set source.soma.uri / "
+                "source.soma.census_version"
+            )
         i, n = partition
         if not (n >= 1 and 0 <= i < n):
             raise ShardError(f"--partition {i}/{n} is invalid; use i/n with 0 <= i < n")
-        self.inputs = [str(p) for p in inputs]
+        self.inputs = inputs
         self.out = Path(out)
         self.cfg = cfg
         self.partition = partition
         self.progress = progress
-        self.prep = _Prepared(self.inputs, cfg)
-        for src, p in zip(self.prep.sources, self.inputs, strict=True):
+        self.prep = Prepared(self.inputs, cfg)
+        for idx, (src, p) in enumerate(zip(self.prep.sources, self.inputs, strict=True)):
             if src.n_cells == 0:
                 raise ShardError(f"{p} has no cells")
-            first = src.read_rows(0, min(src.n_cells, 64))
-            _check_counts(self.prep, self.inputs.index(p), first)
+            self.prep.check_counts(idx, src.read_rows(0, min(src.n_cells, 64)))
+        self._select_hvg()
         self.cells_per_shard = cfg.shard.cells_per_shard or self._estimate_cells_per_shard()
+
+    def _select_hvg(self) -> None:
+        hv = self.cfg.source.hvg
+        if hv.genes:
+            from scforge.data.stats import load_hvg_genes
+
+            self.prep.set_hvg(load_hvg_genes(hv.genes))
+        elif self.cfg.hvg_n_top:
+            from scforge.data.stats import compute_corpus_stats
+
+            log.info(
+                "selecting %d highly variable genes (a statistics pass over the inputs)",
+                self.cfg.hvg_n_top,
+            )
+            st = compute_corpus_stats(
+                self.prep.sources, self.cfg, medians=False, hvg_n_top=self.cfg.hvg_n_top
+            )
+            self.prep.set_hvg(st.hvg_genes())
 
     def _estimate_cells_per_shard(self) -> int:
         """Cells per shard hitting ``target_shard_mb``, measured on blocks spread evenly over the
         first input (deterministic: the same input and config always give the same answer)."""
+        from scforge.data.shard.prepare import process_chunk
+
         src = self.prep.sources[0]
         block = self.cfg.shard.block_cells
         n = min(src.n_cells, block)
         size = cells = 0
         for start in sorted({int(s) for s in np.linspace(0, src.n_cells - n, 8)}):
-            chunk = src.read_rows(start, start + n)
-            tok = self.prep.tokenizer.tokenize(
-                chunk, self.prep.maps[0], np.arange(start, start + n)
-            )
+            piece = process_chunk(self.prep, 0, 0, src.read_rows(start, start + n))
             unit = Unit(0, 0, start, start + n, 0)
-            size += sum(len(b) + 512 for _, b, _ in _encode_blocks(self.prep, unit, chunk, tok))
+            size += sum(len(b) + 512 for _, b, _ in _encode_blocks(self.prep, unit, piece))
             cells += n
         per_cell = max(size / cells, 1.0)
         cps = int(self.cfg.shard.target_shard_mb * 1e6 / per_cell) // block * block
         return max(block, cps)
 
+    @property
+    def format_name(self) -> tuple[str, int]:
+        if self.cfg.shard.format == "zarr":
+            from scforge.data.store.format import STORE_FORMAT, STORE_VERSION
+
+            return STORE_FORMAT, STORE_VERSION
+        return FORMAT_NAME, FORMAT_VERSION
+
     def fingerprint(self) -> dict:
         """What must match for an existing output directory to be resumed."""
+        from scforge.data.sources.soma import is_soma_url
+        from scforge.data.stats.corpus import hvg_hash
+
+        name, version = self.format_name
         return {
-            "format": FORMAT_NAME,
-            "version": FORMAT_VERSION,
+            "format": name,
+            "version": version,
             "tokenizer": self.prep.tokenizer.describe(),
             "vocab_hash": self.prep.vocab.hash,
             "inputs": [
-                {"name": os.path.basename(s.path), "n_cells": s.n_cells, "n_genes": s.n_genes}
+                {
+                    "name": s.path if is_soma_url(s.path) else os.path.basename(s.path),
+                    "n_cells": s.n_cells,
+                    "n_genes": s.n_genes,
+                }
                 for s in self.prep.sources
             ],
-            "obs_fields": list(self.cfg.source.obs_fields),
+            "obs_fields": list(self.prep.obs_fields),
             "layer": self.cfg.source.layer,
             "cells_per_shard": self.cells_per_shard,
             "block_cells": self.cfg.shard.block_cells,
             "compression_level": self.cfg.shard.compression_level,
+            "qc": asdict(self.cfg.source.qc),
+            "hvg": hvg_hash(self.prep.hvg_genes) if self.prep.hvg_genes else None,
         }
 
     def _claim_output(self) -> None:
@@ -361,14 +351,24 @@ class ShardJob:
                     f"{self.out} holds shards of a different job (differs in: {', '.join(diff)}); "
                     "write to a new --out directory, or delete the old one"
                 )
-        elif any(self.out.glob("shard-*.tar")) or (self.out / MANIFEST).exists():
+        elif (
+            any(self.out.glob("shard-*.tar"))
+            or any(self.out.glob("shard-*/zarr.json"))
+            or (self.out / MANIFEST).exists()
+        ):
             raise ShardError(f"{self.out} holds shards not written by this job; use a new --out")
         else:
             atomic_write_json(job_path, fp)
         from scforge.config.loader import to_yaml
 
         (self.out / "config.yaml").write_text(to_yaml(self.cfg))
-        atomic_write_json(self.out / "inputs.json", [os.path.abspath(p) for p in self.inputs])
+        atomic_write_json(self.out / "inputs.json", [input_label(p) for p in self.inputs])
+        if self.prep.hvg_genes:
+            atomic_write_json(self.out / "hvg.json", self.prep.hvg_genes)
+        if self.cfg.shard.format == "zarr":
+            from scforge.data.store.writer import init_store
+
+            init_store(self.out)
 
     def run(self) -> dict:
         """Writes this partition's missing shards, then the manifest if the job is complete."""
@@ -377,24 +377,29 @@ class ShardJob:
         units = plan_units([s.n_cells for s in self.prep.sources], self.cells_per_shard)
         i, n = self.partition
         mine = [u for u in units if u.index % n == i]
-        todo = [u for u in mine if read_sidecar(self.out, u.file) is None]
+        todo = [u for u in mine if _read_entry(self.cfg, self.out, u) is None]
         skipped = len(mine) - len(todo)
         for u in todo:  # leftovers of a killed run (only our own units: partitions may share out)
-            for stale in self.out.glob(f".{u.file}.tmp-*"):
-                stale.unlink()
+            for pattern in (f".{u.file}.tmp-*", f".{u.name}.tmp-*"):
+                for stale in self.out.glob(pattern):
+                    _remove(stale)
         cells_todo = sum(u.stop - u.start for u in todo)
         bar = _progress_bar(cells_todo, self.progress)
+        writer = _unit_writer(self.cfg)
         try:
             if self.cfg.shard.workers > 1 and len(todo) > 1:
                 self._run_pool(todo, bar)
             else:
                 for u in todo:
-                    write_unit(self.prep, u, self.out, progress=bar.update)
+                    writer(self.prep, u, self.out, progress=bar.update)
         finally:
             bar.close()
         elapsed = time.perf_counter() - t0
-        entries = [read_sidecar(self.out, u.file) for u in units]
-        part = {"partition": [i, n], "shards": [u.file for u in mine]}
+        entries = [_read_entry(self.cfg, self.out, u) for u in units]
+        part = {
+            "partition": [i, n],
+            "shards": [u.name if self.cfg.shard.format == "zarr" else u.file for u in mine],
+        }
         atomic_write_json(self.out / f"manifest.part-{i}-of-{n}.json", part)
         complete = all(e is not None for e in entries)
         if complete:
@@ -407,6 +412,7 @@ class ShardJob:
             "shards_written": len(todo),
             "shards_skipped": skipped,
             "cells": sum(e["cells"] for e in mine_entries),
+            "cells_dropped": sum(e.get("dropped", {}).get("total", 0) for e in mine_entries),
             "tokens": sum(e["tokens"] for e in mine_entries),
             "bytes": sum(e["bytes"] for e in mine_entries),
             "shards": len(mine_entries),
@@ -422,7 +428,7 @@ class ShardJob:
             self.cfg.shard.workers,
             mp_context=ctx,
             initializer=_worker_init,
-            initargs=(self.inputs, to_dict(self.cfg)),
+            initargs=(self.inputs, to_dict(self.cfg), self.prep.hvg_genes),
         ) as pool:
             futs = {pool.submit(_worker_run, asdict(u), str(self.out)): u for u in todo}
             for f in as_completed(futs):
@@ -431,57 +437,75 @@ class ShardJob:
                 bar.update(u.stop - u.start)
 
     def build_manifest(self, entries: list[dict]) -> dict:
-        total = sum(e["total_counts"] for e in entries)
-        mapped = sum(e["mapped_counts"] for e in entries)
+        """The manifest of a complete job. Shards left empty by QC stay on disk (they mark their
+        unit done) but are not listed: every listed shard holds at least one cell."""
         from scforge import __version__
 
+        total = sum(e["total_counts"] for e in entries)
+        mapped = sum(e["mapped_counts"] for e in entries)
         sources = []
-        for idx, (src, rep) in enumerate(zip(self.prep.sources, self.prep.reports, strict=True)):
-            d = src.describe()
-            d["mapping"] = rep.as_dict()
-            d["dataset"] = Path(src.path).stem
-            src_total = sum(e["total_counts"] for e in entries if e["input"] == idx)
-            src_mapped = sum(e["mapped_counts"] for e in entries if e["input"] == idx)
+        for idx in range(len(self.prep.sources)):
+            d = self.prep.describe_source(idx)
+            mine = [e for e in entries if e["input"] == idx]
+            src_total = sum(e["total_counts"] for e in mine)
+            src_mapped = sum(e["mapped_counts"] for e in mine)
             d["mapping"]["fraction_counts_mapped"] = (
                 round(src_mapped / src_total, 6) if src_total else 0
             )
+            d["cells_kept"] = sum(e["cells"] for e in mine)
+            d["cells_dropped"] = _sum_drops(mine)
+            d["qc"] = self.prep.filters[idx].describe()
             sources.append(d)
-        return {
-            "format": FORMAT_NAME,
-            "version": FORMAT_VERSION,
+        name, version = self.format_name
+        keys = ["file", "cells", "tokens", "bytes", "sha256", "input", "rows"]
+        if self.cfg.shard.format == "tar":
+            keys[5:5] = ["blocks"]
+            keys.append("block_index")
+        man = {
+            "format": name,
+            "version": version,
             "created_by": f"scforge {__version__}",
             "tokenizer": self.prep.tokenizer.describe(),
             "vocab": self.prep.vocab.describe(),
             "vocab_hash": self.prep.vocab.hash,
             "sources": sources,
-            "obs_fields": list(self.cfg.source.obs_fields),
+            "obs_fields": list(self.prep.obs_fields),
             "block_cells": self.cfg.shard.block_cells,
             "cells_per_shard": self.cells_per_shard,
-            "shards": [
-                {
-                    k: e[k]
-                    for k in (
-                        "file",
-                        "cells",
-                        "tokens",
-                        "bytes",
-                        "sha256",
-                        "blocks",
-                        "input",
-                        "rows",
-                        "block_index",
-                    )
-                }
-                for e in entries
-            ],
+            "shards": [{k: e[k] for k in keys} for e in entries if e["cells"] > 0],
             "totals": {
                 "cells": sum(e["cells"] for e in entries),
                 "tokens": sum(e["tokens"] for e in entries),
                 "bytes": sum(e["bytes"] for e in entries),
-                "shards": len(entries),
+                "shards": sum(e["cells"] > 0 for e in entries),
                 "fraction_counts_mapped": round(mapped / total, 6) if total else 0,
+                "cells_dropped": _sum_drops(entries),
             },
+            "qc": asdict(self.cfg.source.qc),
         }
+        if self.prep.hvg_genes:
+            man["hvg"] = {"n_genes": len(self.prep.hvg_genes), "file": "hvg.json"}
+        if self.cfg.shard.format == "zarr":
+            from scforge.data.store.format import describe_layout
+
+            man["layout"] = describe_layout()
+        return man
+
+
+def _sum_drops(entries: list[dict]) -> dict[str, int]:
+    acc: dict[str, int] = {}
+    for e in entries:
+        add_counts(acc, e.get("dropped", {}))
+    return acc
+
+
+def _remove(path: Path) -> None:
+    import shutil
+
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _progress_bar(total: int, enabled: bool):

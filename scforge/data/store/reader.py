@@ -1,0 +1,180 @@
+"""Random access to a Zarr token store by global cell index (no torch needed).
+
+Per-cell arrays (token offsets, rows, obs codes, cell-id offsets) are small (8 bytes a cell) and
+are loaded whole when a unit is first touched; tokens and values are read per cell. With
+tensorstore every cell of a batch is one asynchronous read issued before any is awaited, which is
+what makes random batches fast; zarr-python reads the same cells with one orthogonal selection
+per unit (``benchmarks/bench_store.py`` compares the two).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from scforge.data.store.format import StoreFormatError, load_store_manifest
+
+BACKENDS = ("tensorstore", "zarr")
+
+
+class _Unit:
+    """One unit group: per-cell arrays in memory, token arrays opened for reading."""
+
+    def __init__(self, root: Path, entry: dict, backend: str, obs_fields: list[str]) -> None:
+        import zarr
+
+        path = root / entry["file"]
+        group = zarr.open_group(str(path), mode="r")
+        self.n_cells = int(entry["cells"])
+        self.offsets = np.asarray(group["offsets"][:], dtype=np.int64)
+        self.row = np.asarray(group["row"][:], dtype=np.int64)
+        ids = np.asarray(group["cell_id"][:], dtype=np.uint8).tobytes()
+        id_off = np.asarray(group["cell_id_offsets"][:], dtype=np.int64)
+        self.cell_ids = [ids[id_off[i] : id_off[i + 1]].decode() for i in range(self.n_cells)]
+        cats = dict(group.attrs.get("obs_categories", {}))
+        self.obs = {}
+        for f in obs_fields:
+            if f in cats:
+                codes = np.asarray(group[f"obs/{f}"][:], dtype=np.int64)
+                labels = np.asarray(cats[f], dtype=object)
+                self.obs[f] = labels[codes] if len(labels) else np.array([], dtype=object)
+        if len(self.offsets) != self.n_cells + 1:
+            raise StoreFormatError(
+                f"{path}: offsets hold {len(self.offsets) - 1} cells, the "
+                f"manifest says {self.n_cells} (corrupt store); re-shard"
+            )
+        self.has_values = "values" in group
+        if backend == "tensorstore":
+            self.tokens = _ts_open(path / "tokens")
+            self.values = _ts_open(path / "values") if self.has_values else None
+        else:
+            self.tokens = group["tokens"]
+            self.values = group["values"] if self.has_values else None
+
+
+def _ts_open(path: Path):
+    import tensorstore as ts
+
+    spec = {"driver": "zarr3", "kvstore": {"driver": "file", "path": str(path.resolve())}}
+    return ts.open(spec, read=True, open=True).result()
+
+
+class TokenStore:
+    """A finished Zarr token store opened for random access.
+
+    Args:
+        path: the output directory of ``scforge-shard --format zarr``.
+        backend: ``tensorstore`` (default, faster) or ``zarr`` (zarr-python).
+        expected_vocab_hash: refuse a store tokenized with another vocabulary.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        backend: str = "tensorstore",
+        expected_vocab_hash: str | None = None,
+    ) -> None:
+        if backend not in BACKENDS:
+            raise ValueError(f"backend={backend!r}; choose one of {list(BACKENDS)}")
+        self.root = Path(path)
+        self.manifest = load_store_manifest(self.root)
+        if expected_vocab_hash is not None and self.manifest["vocab_hash"] != expected_vocab_hash:
+            raise StoreFormatError(
+                f"{self.root} was tokenized with vocabulary {self.manifest['vocab']['name']} "
+                f"(hash {self.manifest['vocab_hash'][:12]}), not the expected one; re-shard "
+                "with the model's vocabulary"
+            )
+        self.backend = backend
+        self.entries = list(self.manifest["shards"])
+        self.obs_fields = list(self.manifest.get("obs_fields", []))
+        self.cum = np.zeros(len(self.entries) + 1, dtype=np.int64)
+        np.cumsum([e["cells"] for e in self.entries], out=self.cum[1:])
+        self._units: dict[int, _Unit] = {}
+        self._pid = os.getpid()
+
+    def __len__(self) -> int:
+        return int(self.cum[-1])
+
+    def _unit(self, u: int) -> _Unit:
+        if self._pid != os.getpid():  # forked into a DataLoader worker: reopen handles
+            self._units, self._pid = {}, os.getpid()
+        if u not in self._units:
+            self._units[u] = _Unit(self.root, self.entries[u], self.backend, self.obs_fields)
+        return self._units[u]
+
+    def _locate(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        n = len(self)
+        if len(indices) and (indices.min() < -n or indices.max() >= n):
+            raise IndexError(f"cell index out of range for a store of {n} cells")
+        indices = np.where(indices < 0, indices + n, indices)
+        u = np.searchsorted(self.cum, indices, side="right") - 1
+        return u, indices - self.cum[u]
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.get_batch([i])[0]
+
+    def get_batch(self, indices) -> list[dict[str, Any]]:
+        """Cells at ``indices`` (any order), each a dict like ``read_shards`` yields:
+        ``input_ids``, ``values`` (when stored), ``cell_id``, ``row``, ``shard`` and obs fields."""
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        units, local = self._locate(idx)
+        out: list[dict[str, Any] | None] = [None] * len(idx)
+        for u in np.unique(units):
+            pos = np.flatnonzero(units == u)
+            unit = self._unit(int(u))
+            toks, vals = self._read(unit, local[pos])
+            for k, p in enumerate(pos):
+                j = int(local[p])
+                cell: dict[str, Any] = {
+                    "input_ids": toks[k],
+                    "cell_id": unit.cell_ids[j],
+                    "row": int(unit.row[j]),
+                    "shard": self.entries[int(u)]["file"],
+                }
+                if vals is not None:
+                    cell["values"] = vals[k]
+                for f, col in unit.obs.items():
+                    cell[f] = col[j]
+                out[p] = cell
+        return out  # type: ignore[return-value]
+
+    def _read(self, unit: _Unit, cells: np.ndarray):
+        a = unit.offsets[cells]
+        b = unit.offsets[cells + 1]
+        if self.backend == "tensorstore":
+            return _read_ts(unit.tokens, a, b), (
+                _read_ts(unit.values, a, b) if unit.values is not None else None
+            )
+        return _read_zarr(unit.tokens, a, b), (
+            _read_zarr(unit.values, a, b) if unit.values is not None else None
+        )
+
+
+def _read_ts(arr, a: np.ndarray, b: np.ndarray) -> list[np.ndarray]:
+    futs = [arr[int(x) : int(y)].read() if y > x else None for x, y in zip(a, b, strict=True)]
+    empty = np.zeros(0, dtype=arr.dtype.numpy_dtype)
+    return [np.asarray(f.result()) if f is not None else empty for f in futs]
+
+
+def _read_zarr(arr, a: np.ndarray, b: np.ndarray) -> list[np.ndarray]:
+    lens = b - a
+    idx = np.concatenate([np.arange(x, y) for x, y in zip(a, b, strict=True)]) if len(a) else []
+    flat = (
+        arr.get_orthogonal_selection(np.asarray(idx, dtype=np.int64))
+        if len(idx)
+        else np.zeros(0, arr.dtype)
+    )
+    ends = np.cumsum(lens)
+    return np.split(np.asarray(flat), ends[:-1])
+
+
+def read_store(path: str | Path, **kw) -> Any:
+    """Iterates every cell of a token store in order (the store analogue of ``read_shards``)."""
+    store = TokenStore(path, **kw)
+    step = 1024
+    for a in range(0, len(store), step):
+        yield from store.get_batch(range(a, min(a + step, len(store))))

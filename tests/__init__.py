@@ -1,0 +1,1 @@
+"""scforge test suite (a package, so `tests.conftest` never resolves to a third-party `tests`)."""

@@ -1,0 +1,118 @@
+"""The Zarr token store: same cells as tar shards, random access, torch Dataset, resume."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from scforge.config import ShardJobConfig, load_config
+from scforge.data import read_shards
+from scforge.data.shard import ShardJob, load_manifest
+from scforge.data.store import StoreFormatError, TokenStore, load_store_manifest, read_store
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _cfg(*overrides: str) -> ShardJobConfig:
+    base = [
+        "shard.cells_per_shard=500",
+        "shard.block_cells=64",
+        "source.chunk_cells=128",
+        "source.obs_fields=[cell_type,batch,dataset]",
+        "source.qc.min_genes=3000",
+    ]
+    return load_config(
+        ShardJobConfig, [REPO / "configs/shard/scgpt_binned.yaml"], [*base, *overrides]
+    )
+
+
+@pytest.fixture(scope="module")
+def outputs(tmp_path_factory, cellbench_path) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("store")
+    ShardJob([str(cellbench_path)], root / "tar", _cfg(), progress=False).run()
+    ShardJob([str(cellbench_path)], root / "zarr", _cfg("shard.format=zarr"), progress=False).run()
+    return root / "tar", root / "zarr"
+
+
+def _same(a: dict, b: dict) -> bool:
+    keys = ("cell_id", "row", "cell_type", "batch", "dataset")
+    return (
+        np.array_equal(a["input_ids"], b["input_ids"])
+        and np.array_equal(a["values"], b["values"])
+        and all(a[k] == b[k] for k in keys)
+    )
+
+
+@pytest.mark.parametrize("backend", ["tensorstore", "zarr"])
+def test_store_holds_the_tar_cells(outputs, backend):
+    tar, zarr_dir = outputs
+    ref = list(read_shards(tar))
+    store = TokenStore(zarr_dir, backend=backend)
+    assert len(store) == len(ref) < 1408  # QC dropped some
+    rng = np.random.default_rng(0)
+    idx = rng.permutation(len(ref))[:300]
+    got = store.get_batch(idx)
+    assert all(_same(g, ref[i]) for g, i in zip(got, idx, strict=True))
+    assert _same(store[-1], ref[-1])
+    assert all(_same(a, b) for a, b in zip(read_store(zarr_dir, backend=backend), ref, strict=True))
+
+
+def test_store_manifest_and_layout(outputs):
+    tar, zarr_dir = outputs
+    man, ref = load_store_manifest(zarr_dir), load_manifest(tar)
+    assert (man["format"], man["version"]) == ("scforge-zarr-store", 1)
+    assert man["layout"]["name"] == "ragged"
+    for k in ("tokenizer", "vocab_hash", "obs_fields"):
+        assert man[k] == ref[k]
+    assert man["totals"]["cells"] == ref["totals"]["cells"]
+    assert man["totals"]["cells_dropped"] == ref["totals"]["cells_dropped"]
+    assert [s["cells"] for s in man["shards"]] == [s["cells"] for s in ref["shards"]]
+    import zarr
+
+    root = zarr.open_group(str(zarr_dir), mode="r")
+    assert root.attrs["scforge"] == {"format": "scforge-zarr-store", "version": 1}
+    tokens = root[f"{man['shards'][0]['file']}/tokens"]
+    assert tokens.shards is not None  # the sharding codec
+    with pytest.raises(StoreFormatError, match="read_shards"):
+        TokenStore(tar)
+
+
+def test_torch_dataset_and_dataloader(outputs):
+    torch = pytest.importorskip("torch")
+    from scforge.data.store import TokenStoreDataset
+
+    _, zarr_dir = outputs
+    ds = TokenStoreDataset(zarr_dir, as_tensors=True)
+    loader = torch.utils.data.DataLoader(
+        ds, batch_size=32, shuffle=True, collate_fn=list, generator=torch.Generator().manual_seed(0)
+    )
+    seen = [c["cell_id"] for batch in loader for c in batch]
+    assert sorted(seen) == sorted(c["cell_id"] for c in ds.store.get_batch(range(len(ds))))
+    cell = ds[3]
+    assert (
+        cell["input_ids"].dtype == torch.int64 and cell["values"].shape == cell["input_ids"].shape
+    )
+
+
+def test_sharder_and_store_reader_do_not_import_torch():
+    code = (
+        "import sys, scforge.data.shard.writer, scforge.data.store, scforge.data.store.writer;"
+        "sys.exit('torch' in sys.modules)"
+    )
+    assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == 0
+
+
+def test_store_resume_rewrites_only_missing_units(tmp_path, cellbench_path, outputs):
+    _, ref_dir = outputs
+    out = tmp_path / "z"
+    cfg = _cfg("shard.format=zarr")
+    ShardJob([str(cellbench_path)], out, cfg, progress=False, partition=(0, 2)).run()
+    assert not (out / "manifest.json").exists()
+    (out / "shard-000000.json").unlink()  # as if killed before its marker was written
+    summary = ShardJob([str(cellbench_path)], out, cfg, progress=False).run()
+    assert summary["complete"] and summary["shards_written"] == 2  # units 0 and 1
+    assert load_store_manifest(out)["shards"] == load_store_manifest(ref_dir)["shards"]
