@@ -58,10 +58,25 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     from scforge.data.shard.cli import main as shard_main
 
+    def lazy(module: str, func: str):
+        # Import on use: `scforge shard` must not pay for torch, DeepSpeed or scib-metrics.
+        def run(args: list[str]) -> int:
+            import importlib
+
+            return getattr(importlib.import_module(module), func)(args)
+
+        return run
+
     commands = {
         "demo": _demo,
         "shard": shard_main,
         "inspect": lambda a: shard_main(["inspect", *a]),
+        "stats": lambda a: shard_main(["stats", *a]),
+        "train": lazy("scforge.training.cli", "main"),
+        "embed": lazy("scforge.eval.embed", "embed_main"),
+        "evaluate": lazy("scforge.eval.harness", "evaluate_main"),
+        "finetune": lazy("scforge.finetune.train", "finetune_main"),
+        "predict": lazy("scforge.finetune.train", "predict_main"),
     }
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
         print(__doc__.strip())
