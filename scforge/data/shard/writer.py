@@ -194,6 +194,13 @@ _WORKER: dict = {}
 
 
 def _worker_init(inputs: list[str], cfg_dict: dict, hvg_genes: list[str] | None) -> None:
+    import numba
+
+    # Each worker's kernels get their share of the cores instead of all of them each.
+    workers = max(1, int(cfg_dict["shard"]["workers"]))
+    numba.set_num_threads(
+        max(1, min(numba.config.NUMBA_NUM_THREADS, (os.cpu_count() or 1) // workers))
+    )
     from scforge.config import ShardJobConfig, load_config
 
     cfg = load_config(ShardJobConfig, base=cfg_dict)
