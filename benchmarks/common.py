@@ -11,15 +11,46 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import psutil
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
+#: Packages whose versions every result file records (read from metadata: nothing is imported).
+VERSION_PACKAGES = (
+    "numpy", "scipy", "numba", "h5py", "anndata", "zstandard", "torch", "scforge", "pandas",
+    "webdataset", "zarr", "tensorstore", "tiledbsoma", "deepspeed", "transformers",
+    "scib-metrics", "jax", "scanpy", "scdataset", "annbatch", "scgpt", "matplotlib",
+)
+
+
+def loadavg() -> float | None:
+    """The 1-minute load average (None where the OS does not report it)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (OSError, AttributeError):
+        return None
+
+
+def package_versions(names: tuple[str, ...] = VERSION_PACKAGES) -> dict[str, str]:
+    """Installed versions of ``names`` (missing ones left out), without importing them."""
+    from importlib import metadata
+
+    out = {}
+    for name in names:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            out[name] = metadata.version(name)
+    return out
+
 
 def machine() -> dict:
-    """CPU, cores, RAM, GPU (if any), Python and key package versions, git revision."""
+    """CPU, cores, RAM, GPU (if any), load average, Python and package versions, git revision.
+
+    ``versions`` keeps the imported modules' ``__version__`` (as before); ``packages`` adds the
+    installed versions of :data:`VERSION_PACKAGES` from package metadata.
+    """
     cpu = platform.processor()
     try:
         with open("/proc/cpuinfo") as fh:
@@ -30,8 +61,9 @@ def machine() -> dict:
         pass
     versions = {}
     for mod in ("numpy", "numba", "h5py", "anndata", "zstandard", "torch", "scforge"):
-        with contextlib.suppress(Exception):  # a missing package is just not reported
-            versions[mod] = __import__(mod).__version__
+        with contextlib.suppress(Exception), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # anndata deprecates __version__
+            versions[mod] = __import__(mod).__version__  # a missing package is not reported
     try:
         rev = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"],
@@ -42,18 +74,32 @@ def machine() -> dict:
     except OSError:
         rev = ""
     gpu = None
+    gpu_count = 0
     with contextlib.suppress(Exception):
         import torch
 
         if torch.cuda.is_available():
             gpu = torch.cuda.get_device_name(0)
+            gpu_count = torch.cuda.device_count()
+    with contextlib.suppress(Exception):
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, cwd=Path(__file__).parent,
+        ).stdout.strip()
+        if dirty:
+            rev += "+dirty"
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
         "ram_gb": round(psutil.virtual_memory().total / 2**30, 1),
         "gpu": gpu,
+        "gpu_count": gpu_count,
+        "host": platform.node().split(".")[0] or "machine",
+        "platform": platform.platform(),
+        "load_avg_1m": loadavg(),
         "python": sys.version.split()[0],
         "versions": versions,
+        "packages": package_versions(),
         "git": rev,
         "date": _dt.date.today().isoformat(),
     }
@@ -105,14 +151,20 @@ def run_measured(cmd: list[str], env: dict | None = None) -> dict:
     return {"wall_s": wall, "peak_rss_gib": rss.peak / 2**30, "stdout": out, "stderr": err}
 
 
-def write_results(stem: str, payload: dict, markdown: str) -> tuple[Path, Path]:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    host = platform.node().split(".")[0] or "machine"
+def write_results(
+    stem: str, payload: dict, markdown: str, out_dir: str | os.PathLike[str] | None = None
+) -> tuple[Path, Path]:
+    """Writes ``<stem>_<date>_<cores>core.json`` and ``.md`` into ``out_dir`` (default results/).
+
+    Returns the two paths. The suite (``python -m benchmarks``) passes each stage an ``--out``
+    directory and reads the single JSON it finds there.
+    """
+    root = Path(out_dir) if out_dir is not None else RESULTS
+    root.mkdir(parents=True, exist_ok=True)
     cores = os.cpu_count()
-    base = RESULTS / f"{stem}_{payload['machine']['date']}_{cores}core"
+    base = root / f"{stem}_{payload['machine']['date']}_{cores}core"
     js = base.with_suffix(".json")
     md = base.with_suffix(".md")
     js.write_text(json.dumps(payload, indent=1, default=str) + "\n")
     md.write_text(markdown)
-    del host
     return js, md

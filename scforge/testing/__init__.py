@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from scforge.testing.corpus import PRESETS, ensure_corpus, write_soma
 from scforge.testing.synthetic import (
     SyntheticParams,
     default_gene_ids,
@@ -12,6 +13,9 @@ from scforge.testing.synthetic import (
 )
 
 __all__ = [
+    "PRESETS",
+    "ensure_corpus",
+    "write_soma",
     "SyntheticParams",
     "default_gene_ids",
     "gene_symbols_for",
