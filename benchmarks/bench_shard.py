@@ -8,7 +8,12 @@ All three read the same file through the same row-chunked h5py path, in the same
 - scforge: the ``scforge-shard`` CLI in a subprocess (read + tokenize + compress + write), with
   1 and 2 workers; peak RSS of the whole process tree is sampled.
 
-Usage: ``python -m benchmarks.bench_shard [--cells 1000000] [--skip-synthetic]``.
+Datasets: the real ``pbmc_2batch.h5ad`` and synthetic corpora (``scforge.testing.corpus``, seed
+0, kept in ``benchmarks/data/``) at each of ``--sizes``, which gives the scaling figures
+(cells/s and peak RSS vs corpus size). ``--soma-sizes`` also shards those corpora from a local
+TileDB-SOMA experiment (1 worker).
+
+Usage: ``python -m benchmarks.bench_shard [--sizes 10k,100k,1m] [--quick] [--out DIR]``.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from benchmarks.common import machine, run_measured, write_results
+from benchmarks.common import loadavg, machine, run_measured, write_results
 
 REPO = Path(__file__).resolve().parents[1]
 PBMC = REPO / ".." / "shared" / "data" / "pbmc_2batch.h5ad"
@@ -122,7 +127,7 @@ def _numpy_chunk(c, n_genes, collapse, factor, toks) -> int:
 
 
 def scforge_shard(path: Path, workers: int, tmp: Path) -> dict:
-    out = tmp / f"shards_w{workers}"
+    out = tmp / f"shards_w{workers}_{path.suffix.lstrip('.')}"
     shutil.rmtree(out, ignore_errors=True)
     cmd = [
         sys.executable,
@@ -158,22 +163,20 @@ def scforge_shard(path: Path, workers: int, tmp: Path) -> dict:
     return res
 
 
-def ensure_synthetic(n_cells: int, n_genes: int, nnz: int) -> Path:
-    from scforge.testing import write_synthetic_h5ad
+def ensure_synthetic(n_cells: int, n_genes: int, nnz: int, *, soma: bool = False) -> dict:
+    """The synthetic corpus of ``n_cells`` under benchmarks/data/ (made on first use)."""
+    from scforge.testing.corpus import ensure_corpus
 
-    DATA.mkdir(parents=True, exist_ok=True)
-    path = DATA / f"synthetic_{n_cells}x{n_genes}_nnz{nnz}.h5ad"
-    if not path.exists():
-        t0 = time.perf_counter()
-        tmp = path.with_suffix(".tmp.h5ad")
-        write_synthetic_h5ad(tmp, n_cells, n_genes, seed=0, mean_nnz=nnz)
-        tmp.rename(path)
-        print(f"generated {path} in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
-    return path
+    t0 = time.perf_counter()
+    info = ensure_corpus(DATA, n_cells, n_genes=n_genes, mean_nnz=nnz, seed=0, soma=soma)
+    if not info["reused"]:
+        print(f"generated {info['h5ad']} in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    return info
 
 
 def bench_dataset(
-    name: str, path: Path, baseline_cells: int, workers: list[int], tmp: Path
+    name: str, path: Path, baseline_cells: int, workers: list[int], tmp: Path,
+    soma: str | None = None,
 ) -> dict:
     print(f"[{name}] I/O floor ...", file=sys.stderr)
     floor = io_floor(path)
@@ -185,6 +188,10 @@ def bench_dataset(
     for w in workers:
         print(f"[{name}] scforge-shard --workers {w} ...", file=sys.stderr)
         runs.append(scforge_shard(path, w, tmp))
+    soma_runs = []
+    if soma:
+        print(f"[{name}] scforge-shard from SOMA, 1 worker ...", file=sys.stderr)
+        soma_runs.append(scforge_shard(Path(soma), 1, tmp))
     best = max(runs, key=lambda r: r["cells_per_s_job"])
     return {
         "name": name,
@@ -193,6 +200,7 @@ def bench_dataset(
         "per_cell_numpy": base,
         "tokenize_only": tok_only,
         "scforge": runs,
+        "scforge_soma": soma_runs,
         # Job-only throughput excludes interpreter start-up and imports, as the floor and
         # baseline (measured in this process) do; wall-clock ratios are reported next to them.
         "ratios": {
@@ -210,7 +218,9 @@ def markdown(payload: dict) -> str:
         f"# Sharding benchmark ({m['date']})",
         "",
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['ram_gb']} GiB RAM, GPU: {m['gpu']}; "
-        f"git {m['git']}; {json.dumps(m['versions'])}",
+        f"git {m['git']}; {json.dumps(m['versions'])}"
+        + (f"; 1-min load average {payload['load_start']} at start, {payload['load_end']} at end"
+           if "load_start" in payload else ""),
         "",
         "Geneformer V2 recipe (`configs/shard/geneformer_v2.yaml`): read + rank-value "
         "tokenize + zstd + tar write. Wall time includes process start-up.",
@@ -227,9 +237,10 @@ def markdown(payload: dict) -> str:
             f"| per-cell NumPy tokenizer (no writing) | {b['cells_per_s']:,.0f} | | "
             f"first {b['cells']:,} cells |",
         ]
-        for r in d["scforge"]:
+        for r in d["scforge"] + d.get("scforge_soma", []):
+            what = "from local SOMA, " if r in d.get("scforge_soma", []) else ""
             lines.append(
-                f"| scforge-shard, {r['workers']} worker(s) | {r['cells_per_s_wall']:,.0f} "
+                f"| scforge-shard, {what}{r['workers']} worker(s) | {r['cells_per_s_wall']:,.0f} "
                 f"| {r['peak_rss_gib']:.2f} | job only: {r['cells_per_s_job']:,.0f} cells/s; "
                 f"{r['shards']} shards, {r['bytes'] / 1e6:,.0f} MB |"
             )
@@ -249,36 +260,95 @@ def markdown(payload: dict) -> str:
             f"{q['io_floor_over_scforge_wall']:.2f}x wall (target <= 2x)",
             "",
         ]
+    if payload.get("scaling"):
+        lines += [
+            "## Scaling (synthetic corpora)",
+            "",
+            "| cells | workers | cells/s (job) | cells/s (wall) | peak RSS (GiB) |",
+            "|---:|---:|---:|---:|---:|",
+        ]
+        for r in payload["scaling"]:
+            lines.append(
+                f"| {r['cells']:,} | {r['workers']} | {r['cells_per_s_job']:,.0f} | "
+                f"{r['cells_per_s_wall']:,.0f} | {r['peak_rss_gib']:.2f} |"
+            )
+        lines.append("")
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
+def scaling(datasets: list[dict]) -> list[dict]:
+    """Per synthetic corpus size: the best scforge run (cells/s) and its peak RSS."""
+    rows = []
+    for d in datasets:
+        if not d["name"].startswith("synthetic_"):
+            continue
+        for r in d["scforge"]:
+            rows.append({k: r[k] for k in ("cells", "workers", "cells_per_s_job",
+                                           "cells_per_s_wall", "peak_rss_gib")})
+    return sorted(rows, key=lambda r: (r["cells"], r["workers"]))
+
+
+def _sizes(text: str) -> list[int]:
+    from scforge.testing.corpus import parse_cells
+
+    try:
+        return [parse_cells(t) for t in text.split(",") if t.strip()]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--cells", type=int, default=1_000_000)
+    ap.add_argument("--sizes", type=_sizes, default=None,
+                    help="synthetic corpus sizes, comma-separated (default 10k,100k,1m)")
+    ap.add_argument("--cells", type=int, default=None,
+                    help="one synthetic corpus of this size (the former interface)")
+    ap.add_argument("--soma-sizes", type=_sizes, default=[],
+                    help="sizes also sharded from a local SOMA experiment (e.g. 100k)")
     ap.add_argument("--genes", type=int, default=20_000)
     ap.add_argument("--nnz", type=int, default=1500)
     ap.add_argument("--baseline-cells", type=int, default=20_000)
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--skip-synthetic", action="store_true")
     ap.add_argument("--skip-pbmc", action="store_true")
-    args = ap.parse_args()
+    ap.add_argument("--quick", action="store_true",
+                    help="sizes 10k,100k and 10,000 baseline cells (unless given)")
+    ap.add_argument("--out", type=Path, default=None, help="results directory")
+    args = ap.parse_args(argv)
+    if args.sizes is None:
+        args.sizes = [args.cells] if args.cells else (
+            [10_000, 100_000] if args.quick else [10_000, 100_000, 1_000_000])
+    if args.quick:
+        args.baseline_cells = min(args.baseline_cells, 10_000)
+    load0 = loadavg()
     datasets = []
-    with tempfile.TemporaryDirectory(dir=REPO / "benchmarks") as tmp:
+    DATA.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=DATA) as tmp:
         if not args.skip_pbmc:
             datasets.append(bench_dataset("pbmc_2batch", PBMC, 10_668, args.workers, Path(tmp)))
-        if not args.skip_synthetic:
-            path = ensure_synthetic(args.cells, args.genes, args.nnz)
+        for n in [] if args.skip_synthetic else args.sizes:
+            info = ensure_synthetic(n, args.genes, args.nnz, soma=n in args.soma_sizes)
             datasets.append(
-                bench_dataset(
-                    f"synthetic_{args.cells}", path, args.baseline_cells, args.workers, Path(tmp)
-                )
+                bench_dataset(f"synthetic_{n}", Path(info["h5ad"]), args.baseline_cells,
+                              args.workers, Path(tmp), soma=info["soma"])
             )
-    payload = {"machine": machine(), "args": vars(args), "datasets": datasets}
+    m = machine()
+    payload = {
+        "stage": "shard",
+        "machine": m,
+        "versions": m["packages"],
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "load_start": load0,
+        "load_end": loadavg(),
+        "datasets": datasets,
+        "scaling": scaling(datasets),
+    }
     md = markdown(payload)
-    js, mdp = write_results("shard", payload, md)
+    js, mdp = write_results("shard", payload, md, args.out)
     print(md)
     print(json.dumps({"json": str(js), "markdown": str(mdp)}))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
