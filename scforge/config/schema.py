@@ -175,6 +175,15 @@ class ShardConfig:
 
 
 @dataclass
+class StoreConfig:
+    """The Zarr token store (``shard.format=zarr``, ``scforge.data.store``)."""
+
+    layout: str = "ragged"
+    """``ragged`` (flat tokens + per-cell offsets: no padding stored) or ``dense`` (a padded
+    [cells, tokenizer.max_length] array: a random batch is one indexed read, already padded)."""
+
+
+@dataclass
 class StatsConfig:
     """``scforge-shard stats``: corpus gene statistics."""
 
@@ -195,6 +204,7 @@ class ShardJobConfig:
     vocab: VocabConfig = field(default_factory=VocabConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     shard: ShardConfig = field(default_factory=ShardConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
     stats: StatsConfig = field(default_factory=StatsConfig)
 
     @property
@@ -254,6 +264,8 @@ class ShardJobConfig:
             raise ConfigError("vocab.kind=json needs vocab.token_dictionary=<path to JSON>")
         if self.shard.format not in ("tar", "zarr"):
             raise ConfigError(f"shard.format={self.shard.format!r}; choose 'tar' or 'zarr'")
+        if self.store.layout not in ("ragged", "dense"):
+            raise ConfigError(f"store.layout={self.store.layout!r}; choose 'ragged' or 'dense'")
         if self.source.zarr_backend not in ("", "tensorstore", "zarr"):
             raise ConfigError(
                 f"source.zarr_backend={self.source.zarr_backend!r}; choose tensorstore or zarr"

@@ -186,3 +186,25 @@ def test_stats_cli_medians_feed_rank_value(tmp_path, capsys, cellbench_path):
     vocab = json.loads((tmp_path / "vocab.json").read_text())
     n50 = sum(n >= 50 for n in stats["genes"]["n_cells_nonzero"])
     assert len(vocab) == n50 + 4 and vocab["<pad>"] == 0
+
+
+@pytest.mark.parametrize("target_sum", [1e4, 1e6])
+def test_sketch_error_bound_any_target_sum(target_sum):
+    """The sketch's range follows stats.target_sum (CPM-scale values are not clipped)."""
+    from scforge.data.stats.medians import NonzeroMedians
+
+    rng = np.random.default_rng(1)
+    genes = rng.integers(0, 50, 20_000)
+    vals = np.exp(rng.uniform(np.log(target_sum * 1e-6), np.log(target_sum), 20_000))
+    exact = NonzeroMedians(60, max_exact_values=10**6, relative_error=0.01, max_value=target_sum)
+    sketch = NonzeroMedians(60, max_exact_values=0, relative_error=0.01, max_value=target_sum)
+    for m in (exact, sketch):
+        for a in range(0, len(vals), 3000):
+            m.add(genes[a : a + 3000], vals[a : a + 3000])
+    e, s = exact.result(), sketch.result()
+    assert exact.exact and not sketch.exact
+    assert np.isnan(e[50:]).all() and np.isnan(s[50:]).all()  # genes never seen
+    ref = np.array([np.median(np.float32(vals[genes == g])) for g in range(50)])
+    assert np.allclose(e[:50], ref, rtol=1e-7)
+    err = np.abs(s[:50] / e[:50] - 1)
+    assert 0 < err.max() <= 0.01 + 1e-9

@@ -38,6 +38,22 @@ def outputs(tmp_path_factory, cellbench_path) -> tuple[Path, Path]:
     return root / "tar", root / "zarr"
 
 
+@pytest.fixture(scope="module")
+def short(tmp_path_factory, cellbench_path) -> dict[str, Path]:
+    """Cells of 1,200 tokens at most as tar shards, a ragged store and a dense store."""
+    root = tmp_path_factory.mktemp("dense")
+    out = {}
+    for name, extra in (
+        ("tar", []),
+        ("ragged", ["shard.format=zarr"]),
+        ("dense", ["shard.format=zarr", "store.layout=dense"]),
+    ):
+        cfg = _cfg("tokenizer.max_length=1200", *extra)
+        ShardJob([str(cellbench_path)], root / name, cfg, progress=False).run()
+        out[name] = root / name
+    return out
+
+
 def _same(a: dict, b: dict) -> bool:
     keys = ("cell_id", "row", "cell_type", "batch", "dataset")
     return (
@@ -59,6 +75,52 @@ def test_store_holds_the_tar_cells(outputs, backend):
     assert all(_same(g, ref[i]) for g, i in zip(got, idx, strict=True))
     assert _same(store[-1], ref[-1])
     assert all(_same(a, b) for a, b in zip(read_store(zarr_dir, backend=backend), ref, strict=True))
+
+
+@pytest.mark.parametrize("backend", ["tensorstore", "zarr"])
+def test_dense_layout_holds_the_same_cells(short, backend):
+    """The padded [cells, max_length] layout: same cells as the tar shards of the same job."""
+    dense_dir = short["dense"]
+    ref = list(read_shards(short["tar"]))
+    assert max(len(c["input_ids"]) for c in ref) == 1200  # some cells fill a whole row
+    store = TokenStore(dense_dir, backend=backend)
+    man = store.manifest
+    assert man["layout"]["name"] == "dense" and man["layout"]["width"] == 1200
+    assert len(store) == len(ref)
+    idx = np.random.default_rng(1).integers(0, len(ref), 300)  # with repeats, any order
+    got = store.get_batch(idx)
+    assert all(_same(g, ref[i]) for g, i in zip(got, idx, strict=True))
+    import zarr
+
+    tokens = zarr.open_group(str(dense_dir / man["shards"][0]["file"]), mode="r")["tokens"]
+    assert tokens.ndim == 2 and tokens.shape[1] == 1200 and tokens.shards is not None
+    # Padded batches: rows are the cells, then <pad> (scGPT: its id) and value 0.
+    pad = man["layout"]["pad_id"]
+    assert pad == man["vocab"]["specials"]["<pad>"] > 0
+    batch = store.get_padded(idx[:64])
+    assert batch["input_ids"].shape == (64, 1200) and batch["values"].shape == (64, 1200)
+    for row, vals, n, i in zip(
+        batch["input_ids"], batch["values"], batch["lengths"], idx[:64], strict=True
+    ):
+        assert n == len(ref[i]["input_ids"])
+        assert np.array_equal(row[:n], ref[i]["input_ids"]) and (row[n:] == pad).all()
+        assert np.array_equal(vals[:n], ref[i]["values"]) and (vals[n:] == 0).all()
+
+
+def test_ragged_get_padded_equals_dense(short):
+    """get_padded gives the same batch from either layout (ragged pads on the fly)."""
+    ragged = TokenStore(short["ragged"], backend="zarr")
+    dense = TokenStore(short["dense"])
+    assert len(ragged) == len(dense)
+    idx = np.random.default_rng(2).permutation(len(dense))[:100]
+    a = ragged.get_padded(idx, width=1200)
+    b = dense.get_padded(idx)
+    for k in ("lengths", "input_ids", "values"):
+        assert np.array_equal(a[k], b[k]), k
+    short = ragged.get_padded(idx[:5])
+    assert short["input_ids"].shape[1] == short["lengths"].max()
+    with pytest.raises(ValueError, match="width"):
+        ragged.get_padded(idx, width=3)
 
 
 def test_store_manifest_and_layout(outputs):

@@ -344,6 +344,7 @@ class ShardJob:
             "compression_level": self.cfg.shard.compression_level,
             "qc": asdict(self.cfg.source.qc),
             "hvg": hvg_hash(self.prep.hvg_genes) if self.prep.hvg_genes else None,
+            **({"store_layout": self.cfg.store.layout} if self.cfg.shard.format == "zarr" else {}),
         }
 
     def _claim_output(self) -> None:
@@ -494,8 +495,10 @@ class ShardJob:
             man["hvg"] = {"n_genes": len(self.prep.hvg_genes), "file": "hvg.json"}
         if self.cfg.shard.format == "zarr":
             from scforge.data.store.format import describe_layout
+            from scforge.data.store.writer import dense_width_pad
 
-            man["layout"] = describe_layout()
+            width, pad_id = dense_width_pad(self.prep)
+            man["layout"] = describe_layout(self.cfg.store.layout, width=width, pad_id=pad_id)
         return man
 
 

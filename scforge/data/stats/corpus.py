@@ -185,7 +185,12 @@ def compute_corpus_stats(
     g = genes.n_keys
     st = cfg.stats
     med = (
-        NonzeroMedians(g, max_exact_values=st.max_exact_values, relative_error=st.relative_error)
+        NonzeroMedians(
+            g,
+            max_exact_values=st.max_exact_values,
+            relative_error=st.relative_error,
+            max_value=st.target_sum,
+        )
         if medians
         else None
     )

@@ -8,15 +8,21 @@ mapping: bucket ``ceil(log_gamma(v))`` with ``gamma = (1 + a) / (1 - a)``), whic
 within relative error ``a`` of the exact median for every gene (each of the two middle order
 statistics is within ``a`` of its bucket's representative, so their mean is too), whatever the
 corpus size.
-Normalised values lie in [1e-3, 1e4] (a count of 1 in a cell of <= 10M counts, up to the whole
-target sum), which bounds the histogram to ``ceil(ln(1e7) / ln(gamma))`` buckets per gene.
+Normalised values lie in ``[target_sum * 1e-7, target_sum]`` (a count of 1 in a cell of <= 10M
+counts, up to the whole target sum), which bounds the histogram to ``ceil(ln(1e7) / ln(gamma))``
+buckets per gene (1,612 for ``a = 0.005``; uint32 counts, so 6.4 KB per gene).
+
+Memory: the exact buffer peaks at 16 bytes per value while ``result()`` sorts it (the chunks and
+their concatenation); the sketch holds ``n_genes * buckets_per_gene * 4`` bytes, nothing per value.
+Exact medians are of the float32-rounded values (relative error <= 6e-8).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-V_MIN, V_MAX = 1e-3, 1e4
+DYNAMIC_RANGE = 1e7
+"""Ratio of the largest to the smallest value the sketch resolves (1 count in a 10M-count cell)."""
 
 
 class NonzeroMedians:
@@ -26,16 +32,29 @@ class NonzeroMedians:
         n_genes: size of the gene space.
         max_exact_values: values buffered for an exact answer before switching to the sketch.
         relative_error: accuracy ``a`` of the sketch.
+        max_value: the largest value that can occur (the normalisation's target sum); the
+            sketch resolves ``[max_value / DYNAMIC_RANGE, max_value]``.
     """
 
-    def __init__(self, n_genes: int, *, max_exact_values: int, relative_error: float) -> None:
+    def __init__(
+        self,
+        n_genes: int,
+        *,
+        max_exact_values: int,
+        relative_error: float,
+        max_value: float = 10_000.0,
+    ) -> None:
+        if not 0.0 < relative_error < 0.5:
+            raise ValueError(f"relative_error={relative_error} must be in (0, 0.5)")
         self.n_genes = n_genes
+        self.v_max = float(max_value)
+        self.v_min = self.v_max / DYNAMIC_RANGE
         self.max_exact = int(max_exact_values)
         self.alpha = float(relative_error)
         self.gamma = (1 + self.alpha) / (1 - self.alpha)
         self._log_gamma = np.log(self.gamma)
-        self._k0 = int(np.ceil(np.log(V_MIN) / self._log_gamma))
-        self.n_buckets = int(np.ceil(np.log(V_MAX) / self._log_gamma)) - self._k0 + 1
+        self._k0 = int(np.ceil(np.log(self.v_min) / self._log_gamma))
+        self.n_buckets = int(np.ceil(np.log(self.v_max) / self._log_gamma)) - self._k0 + 1
         self._buf: list[np.ndarray] = []
         self._n_buf = 0
         self._hist: np.ndarray | None = None
@@ -71,7 +90,7 @@ class NonzeroMedians:
         self._buf, self._n_buf = [], 0
 
     def _bucket(self, v: np.ndarray) -> np.ndarray:
-        k = np.ceil(np.log(np.clip(v, V_MIN, V_MAX)) / self._log_gamma).astype(np.int64)
+        k = np.ceil(np.log(np.clip(v, self.v_min, self.v_max)) / self._log_gamma).astype(np.int64)
         return np.clip(k - self._k0, 0, self.n_buckets - 1)
 
     def _add_hist(self, genes: np.ndarray, values: np.ndarray) -> None:
@@ -87,15 +106,22 @@ class NonzeroMedians:
         if not self._buf:
             return out
         allv = np.concatenate(self._buf)
+        self._buf = [allv]  # drop the chunks now: the peak is the chunks + one copy
         allv.sort()
-        genes = (allv >> np.uint64(32)).astype(np.int64)
-        vals = (allv & np.uint64(0xFFFFFFFF)).astype(np.uint32).view(np.float32).astype(np.float64)
-        counts = np.bincount(genes, minlength=self.n_genes)
-        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        # Gene g's values start where the packed keys reach g << 32: no per-value gene array.
+        bounds = np.searchsorted(
+            allv, np.arange(self.n_genes + 1, dtype=np.uint64) << np.uint64(32)
+        )
+        starts, counts = bounds[:-1], np.diff(bounds)
         has = counts > 0
-        lo = starts + (counts - 1) // 2
-        hi = starts + counts // 2
-        out[has] = 0.5 * (vals[lo[has]] + vals[hi[has]])
+        lo = starts[has] + (counts[has] - 1) // 2
+        hi = starts[has] + counts[has] // 2
+
+        def value(i: np.ndarray) -> np.ndarray:
+            bits = (allv[i] & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+            return bits.view(np.float32).astype(np.float64)
+
+        out[has] = 0.5 * (value(lo) + value(hi))
         return out
 
     def _sketch_result(self, block: int = 4096) -> np.ndarray:
@@ -114,10 +140,15 @@ class NonzeroMedians:
 
     def describe(self) -> dict:
         if self._hist is None:
-            return {"method": "exact", "n_values": self.n_values}
+            return {
+                "method": "exact",
+                "n_values": self.n_values,
+                "max_exact_values": self.max_exact,
+            }
         return {
             "method": "log-histogram sketch",
             "relative_error": self.alpha,
             "n_values": self.n_values,
             "buckets_per_gene": self.n_buckets,
+            "value_range": [self.v_min, self.v_max],
         }

@@ -1,10 +1,11 @@
 """Random access to a Zarr token store by global cell index (no torch needed).
 
-Per-cell arrays (token offsets, rows, obs codes, cell-id offsets) are small (8 bytes a cell) and
-are loaded whole when a unit is first touched; tokens and values are read per cell. With
-tensorstore every cell of a batch is one asynchronous read issued before any is awaited, which is
-what makes random batches fast; zarr-python reads the same cells with one orthogonal selection
-per unit (``benchmarks/bench_store.py`` compares the two).
+Per-cell arrays (token offsets or lengths, rows, obs codes, cell-id offsets) are small (8 bytes a
+cell) and are loaded whole when a unit is first touched; tokens and values are read per cell.
+Ragged layout: with tensorstore every cell of a batch is one asynchronous read issued before any
+is awaited; zarr-python reads the same cells with one orthogonal selection per unit. Dense layout:
+a unit's cells of a batch are one indexed read of rows (both backends).
+``benchmarks/bench_store.py`` compares them.
 """
 
 from __future__ import annotations
@@ -29,7 +30,13 @@ class _Unit:
         path = root / entry["file"]
         group = zarr.open_group(str(path), mode="r")
         self.n_cells = int(entry["cells"])
-        self.offsets = np.asarray(group["offsets"][:], dtype=np.int64)
+        self.dense = "lengths" in group
+        if self.dense:
+            lengths = np.asarray(group["lengths"][:], dtype=np.int64)
+            self.offsets = np.concatenate([[0], np.cumsum(lengths)])
+        else:
+            self.offsets = np.asarray(group["offsets"][:], dtype=np.int64)
+        self.lengths = np.diff(self.offsets)
         self.row = np.asarray(group["row"][:], dtype=np.int64)
         ids = np.asarray(group["cell_id"][:], dtype=np.uint8).tobytes()
         id_off = np.asarray(group["cell_id_offsets"][:], dtype=np.int64)
@@ -142,7 +149,69 @@ class TokenStore:
                 out[p] = cell
         return out  # type: ignore[return-value]
 
+    def get_padded(self, indices, *, width: int = 0, pad_id: int | None = None) -> dict:
+        """Cells at ``indices`` as padded arrays: ``input_ids`` [n, width] (``pad_id``, default
+        the store's ``<pad>``), ``values`` [n, width] (0-padded, when stored) and ``lengths``
+        [n]. ``width`` 0 = the longest cell of the batch (dense stores: their row width)."""
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        units, local = self._locate(idx)
+        layout = self.manifest["layout"]
+        pad = int(layout.get("pad_id", 0) if pad_id is None else pad_id)
+        lens = np.zeros(len(idx), dtype=np.int64)
+        parts = []
+        for u in np.unique(units):
+            pos = np.flatnonzero(units == u)
+            unit = self._unit(int(u))
+            lens[pos] = unit.lengths[local[pos]]
+            parts.append((pos, unit, local[pos]))
+        w = width or (
+            int(layout["width"]) if layout["name"] == "dense" else int(lens.max(initial=1))
+        )
+        if len(lens) and lens.max() > w:
+            raise ValueError(f"width={w} is shorter than a cell of {lens.max()} tokens")
+        toks = np.full((len(idx), w), pad, dtype=np.uint16) if not parts else None
+        vals = None
+        for pos, unit, cells in parts:
+            t, v = self._read_rows(unit, cells)
+            if toks is None:
+                toks = np.full((len(idx), w), pad, dtype=t.dtype)
+            toks[pos] = _fit(t, w, pad)
+            if v is not None:
+                if vals is None:
+                    vals = np.zeros((len(idx), w), dtype=v.dtype)
+                vals[pos] = _fit(v, w, 0)
+        beyond = np.arange(w)[None, :] >= lens[:, None]  # whatever the layout padded with
+        toks[beyond] = pad
+        out = {"input_ids": toks, "lengths": lens}
+        if vals is not None:
+            vals[beyond] = 0
+            out["values"] = vals
+        return out
+
+    def _read_rows(self, unit: _Unit, cells: np.ndarray):
+        """Padded [len(cells), row width] tokens and values of a unit's cells."""
+        if unit.dense:
+            read = _dense_ts if self.backend == "tensorstore" else _dense_zarr
+            return read(unit.tokens, cells), (
+                read(unit.values, cells) if unit.values is not None else None
+            )
+        toks, vals = self._read(unit, cells)
+        w = int(unit.lengths[cells].max(initial=1))
+        from scforge.data.store.writer import pad_rows
+
+        lens = unit.lengths[cells]
+        flat_t = np.concatenate(toks) if toks else np.zeros(0, np.uint16)
+        t = pad_rows(lens, flat_t, w, 0)
+        v = pad_rows(lens, np.concatenate(vals), w, 0) if vals is not None else None
+        return t, v
+
     def _read(self, unit: _Unit, cells: np.ndarray):
+        if unit.dense:
+            t, v = self._read_rows(unit, cells)
+            lens = unit.lengths[cells]
+            return [r[:n] for r, n in zip(t, lens, strict=True)], (
+                [r[:n] for r, n in zip(v, lens, strict=True)] if v is not None else None
+            )
         a = unit.offsets[cells]
         b = unit.offsets[cells + 1]
         if self.backend == "tensorstore":
@@ -170,6 +239,29 @@ def _read_zarr(arr, a: np.ndarray, b: np.ndarray) -> list[np.ndarray]:
     )
     ends = np.cumsum(lens)
     return np.split(np.asarray(flat), ends[:-1])
+
+
+def _fit(rows: np.ndarray, width: int, fill) -> np.ndarray:
+    """[n, w] rows cut or padded to ``width`` columns."""
+    if rows.shape[1] >= width:
+        return rows[:, :width]
+    out = np.full((rows.shape[0], width), fill, dtype=rows.dtype)
+    out[:, : rows.shape[1]] = rows
+    return out
+
+
+def _dense_ts(arr, cells: np.ndarray) -> np.ndarray:
+    return np.asarray(arr[np.asarray(cells, dtype=np.int64)].read().result())
+
+
+def _dense_zarr(arr, cells: np.ndarray) -> np.ndarray:
+    cells = np.asarray(cells, dtype=np.int64)
+    order = np.argsort(cells, kind="stable")
+    uniq, inverse = np.unique(cells[order], return_inverse=True)
+    rows = np.asarray(arr.get_orthogonal_selection((uniq, slice(None))))
+    out = np.empty_like(rows, shape=(len(cells), rows.shape[1]))
+    out[order] = rows[inverse]
+    return out
 
 
 def read_store(path: str | Path, **kw) -> Any:

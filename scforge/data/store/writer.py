@@ -23,6 +23,8 @@ from scforge.data.store.format import (
     BYTE_SHARD,
     CELL_CHUNK,
     CELL_SHARD,
+    DENSE_ROW_CHUNK,
+    DENSE_ROW_SHARD,
     STORE_FORMAT,
     STORE_VERSION,
     TOKEN_CHUNK,
@@ -59,19 +61,34 @@ def _dir_bytes(path: Path) -> int:
 
 
 class _Appender:
-    """Appends to a 1-D zarr array in whole shards; hashes everything it writes."""
+    """Appends along axis 0 of a zarr array in whole shards; hashes everything it writes.
 
-    def __init__(self, group, name: str, dtype, chunk: int, shard: int, level: int, sha) -> None:
+    ``width`` > 0 makes a 2-D array of rows of that width (the dense layout)."""
+
+    def __init__(
+        self,
+        group,
+        name: str,
+        dtype,
+        chunk: int,
+        shard: int,
+        level: int,
+        sha,
+        *,
+        width: int = 0,
+        fill: int = 0,
+    ) -> None:
         from zarr.codecs import ZstdCodec
 
+        tail = (width,) if width else ()
         self.arr = group.create_array(
             name,
-            shape=(0,),
+            shape=(0, *tail),
             dtype=dtype,
-            chunks=(chunk,),
-            shards=(shard,),
+            chunks=(chunk, *tail),
+            shards=(shard, *tail),
             compressors=ZstdCodec(level=level),
-            fill_value=0,
+            fill_value=fill,
         )
         self.shard = shard
         self.dtype = np.dtype(dtype)
@@ -97,33 +114,69 @@ class _Appender:
         self._buf, self._n = [], 0
 
 
+def dense_width_pad(prep: Prepared) -> tuple[int, int]:
+    """Row width and pad token of the dense layout."""
+    return prep.cfg.tokenizer.max_length, max(prep.vocab.special("<pad>"), 0)
+
+
+def pad_rows(lens: np.ndarray, flat: np.ndarray, width: int, fill) -> np.ndarray:
+    """Flat per-cell arrays (cell i has ``lens[i]`` elements) as padded [n_cells, width] rows."""
+    lens = np.asarray(lens, dtype=np.int64)
+    if len(lens) and lens.max() > width:
+        raise ValueError(f"a cell holds {lens.max()} tokens, more than the row width {width}")
+    out = np.full((len(lens), width), fill, dtype=flat.dtype)
+    starts = np.cumsum(lens) - lens
+    row = np.repeat(np.arange(len(lens)), lens)
+    out[row, np.arange(len(flat)) - np.repeat(starts, lens)] = flat
+    return out
+
+
 class _UnitArrays:
     """The arrays of one unit group, fed run by run."""
 
     def __init__(self, group, prep: Prepared, has_values: bool, value_dtype, sha) -> None:
         level = prep.cfg.shard.compression_level
         tok_dtype = prep.vocab.token_dtype
+        self.dense = prep.cfg.store.layout == "dense"
 
-        def mk(name, dtype, chunk, shard):
-            return _Appender(group, name, dtype, chunk, shard, level, sha)
+        def mk(name, dtype, chunk, shard, **kw):
+            return _Appender(group, name, dtype, chunk, shard, level, sha, **kw)
 
-        self.tokens = mk("tokens", tok_dtype, TOKEN_CHUNK, TOKEN_SHARD)
-        self.values = mk("values", value_dtype, TOKEN_CHUNK, TOKEN_SHARD) if has_values else None
-        self.offsets = mk("offsets", np.int64, CELL_CHUNK, CELL_SHARD)
+        if self.dense:
+            self.width, self.pad_id = dense_width_pad(prep)
+            rows = (DENSE_ROW_CHUNK, DENSE_ROW_SHARD)
+            self.tokens = mk("tokens", tok_dtype, *rows, width=self.width, fill=self.pad_id)
+            self.values = mk("values", value_dtype, *rows, width=self.width) if has_values else None
+            self.lengths = mk("lengths", np.uint32, CELL_CHUNK, CELL_SHARD)
+            self.offsets = None
+        else:
+            self.tokens = mk("tokens", tok_dtype, TOKEN_CHUNK, TOKEN_SHARD)
+            self.values = (
+                mk("values", value_dtype, TOKEN_CHUNK, TOKEN_SHARD) if has_values else None
+            )
+            self.offsets = mk("offsets", np.int64, CELL_CHUNK, CELL_SHARD)
+            self.lengths = None
         self.row = mk("row", np.int64, CELL_CHUNK, CELL_SHARD)
         self.cell_id = mk("cell_id", np.uint8, BYTE_CHUNK, BYTE_SHARD)
         self.cell_id_offsets = mk("cell_id_offsets", np.int64, CELL_CHUNK, CELL_SHARD)
         self.obs = {f: mk(f"obs/{f}", np.int32, CELL_CHUNK, CELL_SHARD) for f in prep.obs_fields}
         self.categories: dict[str, dict[str, int]] = {f: {} for f in prep.obs_fields}
         self.n_tokens = self.n_bytes = 0
-        self.offsets.add(np.zeros(1, np.int64))
+        if self.offsets is not None:
+            self.offsets.add(np.zeros(1, np.int64))
         self.cell_id_offsets.add(np.zeros(1, np.int64))
 
     def add(self, rows, lens, toks, vals, names, obs) -> None:
-        self.tokens.add(toks)
-        if self.values is not None:
-            self.values.add(vals)
-        self.offsets.add(self.n_tokens + np.cumsum(lens, dtype=np.int64))
+        if self.dense:
+            self.tokens.add(pad_rows(lens, toks, self.width, self.pad_id))
+            if self.values is not None:
+                self.values.add(pad_rows(lens, vals, self.width, 0))
+            self.lengths.add(lens)
+        else:
+            self.tokens.add(toks)
+            if self.values is not None:
+                self.values.add(vals)
+            self.offsets.add(self.n_tokens + np.cumsum(lens, dtype=np.int64))
         self.n_tokens += int(lens.sum())
         self.row.add(rows)
         encoded = [s.encode() for s in names[rows].tolist()]
@@ -144,6 +197,7 @@ class _UnitArrays:
             self.tokens,
             self.values,
             self.offsets,
+            self.lengths,
             self.row,
             self.cell_id,
             self.cell_id_offsets,
