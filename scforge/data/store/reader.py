@@ -191,9 +191,13 @@ class TokenStore:
     def _read_rows(self, unit: _Unit, cells: np.ndarray):
         """Padded [len(cells), row width] tokens and values of a unit's cells."""
         if unit.dense:
-            read = _dense_ts if self.backend == "tensorstore" else _dense_zarr
-            return read(unit.tokens, cells), (
-                read(unit.values, cells) if unit.values is not None else None
+            if self.backend == "tensorstore":  # both reads in flight before either is awaited
+                idx = np.asarray(cells, dtype=np.int64)
+                futs = [a[idx].read() for a in (unit.tokens, unit.values) if a is not None]
+                rows = [np.asarray(f.result()) for f in futs]
+                return rows[0], (rows[1] if len(rows) > 1 else None)
+            return _dense_zarr(unit.tokens, cells), (
+                _dense_zarr(unit.values, cells) if unit.values is not None else None
             )
         toks, vals = self._read(unit, cells)
         w = int(unit.lengths[cells].max(initial=1))
@@ -215,18 +219,35 @@ class TokenStore:
         a = unit.offsets[cells]
         b = unit.offsets[cells + 1]
         if self.backend == "tensorstore":
-            return _read_ts(unit.tokens, a, b), (
-                _read_ts(unit.values, a, b) if unit.values is not None else None
-            )
+            return _read_ts([unit.tokens, unit.values], a, b)
         return _read_zarr(unit.tokens, a, b), (
             _read_zarr(unit.values, a, b) if unit.values is not None else None
         )
 
 
-def _read_ts(arr, a: np.ndarray, b: np.ndarray) -> list[np.ndarray]:
-    futs = [arr[int(x) : int(y)].read() if y > x else None for x, y in zip(a, b, strict=True)]
-    empty = np.zeros(0, dtype=arr.dtype.numpy_dtype)
-    return [np.asarray(f.result()) if f is not None else empty for f in futs]
+def _read_ts(arrays: list, a: np.ndarray, b: np.ndarray):
+    """Slices ``[a[i], b[i])`` of each array (None skipped): every read is issued in one
+    tensorstore batch (coalesced per shard) before any is awaited."""
+    import tensorstore as ts
+
+    out: list = []
+    with ts.Batch() as batch:
+        futs = [
+            None
+            if arr is None
+            else [
+                arr[int(x) : int(y)].read(batch=batch) if y > x else None
+                for x, y in zip(a, b, strict=True)
+            ]
+            for arr in arrays
+        ]
+    for arr, fs in zip(arrays, futs, strict=True):
+        if fs is None:
+            out.append(None)
+            continue
+        empty = np.zeros(0, dtype=arr.dtype.numpy_dtype)
+        out.append([np.asarray(f.result()) if f is not None else empty for f in fs])
+    return tuple(out)
 
 
 def _read_zarr(arr, a: np.ndarray, b: np.ndarray) -> list[np.ndarray]:
@@ -248,10 +269,6 @@ def _fit(rows: np.ndarray, width: int, fill) -> np.ndarray:
     out = np.full((rows.shape[0], width), fill, dtype=rows.dtype)
     out[:, : rows.shape[1]] = rows
     return out
-
-
-def _dense_ts(arr, cells: np.ndarray) -> np.ndarray:
-    return np.asarray(arr[np.asarray(cells, dtype=np.int64)].read().result())
 
 
 def _dense_zarr(arr, cells: np.ndarray) -> np.ndarray:
