@@ -93,8 +93,10 @@ class StatefulLoader:
             return None
         ctx = multiprocessing.get_context(self.multiprocessing_context)
         if self.multiprocessing_context == "forkserver":
-            # Children fork from a server that already imported torch and the loader.
-            ctx.set_forkserver_preload(["torch", "scforge.data.stream"])
+            # Children fork from a server that already imported torch and the loader and
+            # loaded the batch kernel (otherwise every worker of every epoch loads it).
+            ctx.set_forkserver_preload(["torch", "scforge.data.stream",
+                                        "scforge.data.stream._warm"])
         return ctx
 
     def __iter__(self) -> Iterator[StreamBatch]:

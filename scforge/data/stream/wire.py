@@ -1,20 +1,17 @@
-"""How batches travel from DataLoader workers to the trainer: compact, pooled, one per message.
+"""How batches travel from DataLoader workers to the trainer: zero-copy, pooled, grouped.
 
 Measured on the 2-core CPU machine (torch 2.13, forkserver workers): handing one tensor storage
 from a worker to the main process costs ~0.4-0.5 ms of main-process CPU whatever its size (a
 file-descriptor hand-over per storage), and every first touch of a fresh 4 KiB page costs
-~1.3 us (writes in the worker, reads of a fresh mapping in the main process). A batch of 64
-Geneformer cells as int64 ids + int64 labels + bool mask is ~1.6 MB in three storages: shipping
-it as is capped a 2-worker loader near 20-25k cells/s.
+~1.3 us (writes in the worker, reads of a fresh mapping in the main process).
 
-So a worker builds each batch in its *wire* form: ids and labels in the narrowest integer type
-that holds the vocabulary (int16 for Geneformer: 4x fewer bytes than int64), no attention mask
-(rebuilt from the lengths), every tensor of a group of batches carved from one :class:`Arena`
-(one storage, one hand-over per message), and arenas taken from a per-worker :class:`ShmPool`
-that is reused once the main process has copied a group out (so pages stay mapped on both
-sides). Unpickling in the main process *materialises* the contract
-:class:`~scforge.contracts.Batch` (long ids/labels, bool mask) into recycled buffers. Nothing
-here is a file format: pickling is only the DataLoader's own worker queue.
+So a worker builds the tensors of a group of batches, in the contract's final dtypes (int64
+ids/labels, bool masks, float32 values), inside one :class:`Arena` (one storage, one hand-over
+per message), taken from a per-worker :class:`ShmPool` of reusable shared-memory slots. The
+main process does no conversion and no copy: unpickling wraps the slot as the batches' tensors
+(views), and the slot goes back to the worker when the last view dies (:func:`_lease`), so the
+pages stay mapped on both sides. Nothing here is a file format: pickling is only the
+DataLoader's own worker queue.
 """
 
 from __future__ import annotations
@@ -34,8 +31,6 @@ from scforge.contracts import Batch
 _ALIGN = 64
 _TORCH = {"int16": torch.int16, "int32": torch.int32, "int64": torch.int64,
           "float32": torch.float32, "bool": torch.bool}
-_WIDEN = ("input_ids", "labels")
-"""Wire fields converted to int64 on arrival (the rest are used as they are)."""
 
 Layout = list[tuple[str, str, int, tuple[int, int]]]
 """(field, wire dtype, byte offset in the arena, [B, L]) of each tensor of one batch."""
@@ -80,8 +75,8 @@ class Arena:
 
     @classmethod
     def private(cls, nbytes: int) -> Arena:
-        """An arena in ordinary memory (in-process batches)."""
-        return cls(torch.empty(nbytes, dtype=torch.uint8))
+        """An arena in ordinary memory (in-process batches), recycled once its views die."""
+        return cls(torch.from_numpy(RECYCLER.empty((nbytes,), np.uint8)))
 
     @staticmethod
     def size(shape: tuple[int, int], dtype: str) -> int:
@@ -99,15 +94,16 @@ class Arena:
 
 
 class ShmPool:
-    """A worker's shared-memory slots, reused once the main process has copied a group out.
+    """A worker's shared-memory slots, reused once the main process no longer reads a group.
 
     First writes to fresh shared memory (in the worker) and first reads of a fresh mapping (in
     the main process) fault once per 4 KiB page; reusing slots keeps both mappings warm (torch
     re-sends a known storage without mapping it again while the main process holds it, see
     :func:`_keep_mapped`). A slot's first byte is its busy flag: set here when the slot is
-    filled, cleared by :func:`materialize` once every array was copied out. A slot that is never
-    released (the main process stopped reading) only costs memory: the pool then allocates
-    fresh slots, up to ``max_slots``, and plain shared arenas beyond that.
+    filled, cleared in the main process when the last tensor viewing the group dies (see
+    :func:`_lease`). Slots held longer (the trainer keeps batches, or stopped reading) only cost
+    memory: the pool then allocates fresh slots, up to ``max_slots``, and plain shared arenas
+    beyond that, so a worker never waits for the trainer.
     """
 
     def __init__(self, max_slots: int = 16) -> None:
@@ -228,33 +224,31 @@ class StreamGroup:
 
 
 def materialize(buffer: torch.Tensor, layout: Layout, lengths: list[int],
-                obs: dict[str, list[Any]], cell_ids: list[str], info: BatchInfo | None, *,
-                copy: bool = False) -> StreamBatch:
-    """The contract batch from its wire form (long ids/labels, bool mask from the lengths).
+                obs: dict[str, list[Any]], cell_ids: list[str], info: BatchInfo | None
+                ) -> StreamBatch:
+    """The contract batch over its arena: every tensor is a view of ``buffer`` (no copy).
 
-    Conversions run in NumPy: torch's CPU ops here would wake its intra-op thread pool in the
-    trainer's process, whose spinning threads then compete with the loader workers for cores.
-    With ``copy`` every array is copied out of ``buffer`` (so a pooled slot can be reused).
+    Workers build arrays in the contract's dtypes, so there is nothing to convert; ``lengths``
+    only travel for the metrics.
     """
-    tensors: dict[str, Any] = {}
-    width = 0
-    for name, dtype, off, shape in layout:
-        view = _view(buffer, dtype, off, shape).numpy()
-        if (name in _WIDEN and dtype != "int64") or copy:
-            out = RECYCLER.empty(shape, np.int64 if name in _WIDEN else view.dtype)
-            np.copyto(out, view)
-            view = out
-        tensors[name] = torch.from_numpy(view)
-        width = shape[1]
-    mask = RECYCLER.empty((len(lengths), width), np.bool_)
-    mask.fill(True)
-    for r, n in enumerate(lengths):  # bucketed rows are mostly full: few short tails to clear
-        if n < width:
-            mask[r, n:] = False
-    tensors["attention_mask"] = torch.from_numpy(mask)
+    tensors = {name: _view(buffer, dtype, off, shape) for name, dtype, off, shape in layout}
     batch = StreamBatch(**tensors, obs=obs, cell_ids=cell_ids)
     batch.info = info
     return batch
+
+
+def _lease(buffer: torch.Tensor) -> torch.Tensor:
+    """A tensor over a pool slot that hands the slot back once every view of it is gone.
+
+    ``torch.from_numpy`` makes a new storage that keeps the numpy array alive; the array dies
+    when the last tensor (or view) of that storage does, and its finaliser then marks the slot
+    free for the worker. So batches are zero-copy however long the trainer keeps them, and a
+    slot is never overwritten while anything can still read it.
+    """
+    arr = buffer.numpy()
+    lease = torch.from_numpy(arr)
+    weakref.finalize(arr, _release, buffer)
+    return lease
 
 
 def _release(buffer: torch.Tensor) -> None:
@@ -286,18 +280,13 @@ class Wire:
 
 
 def _materialize_one(buffer: torch.Tensor, pooled: bool, part: tuple[Any, ...]) -> StreamBatch:
-    batch = materialize(buffer, *part, copy=pooled)
-    if pooled:
-        _release(buffer)
-    return batch
+    return materialize(_lease(buffer) if pooled else buffer, *part)
 
 
 def _materialize_group(buffer: torch.Tensor, pooled: bool,
                        parts: list[tuple[Any, ...]]) -> StreamGroup:
-    group = StreamGroup([materialize(buffer, *p, copy=pooled) for p in parts])
-    if pooled:
-        _release(buffer)
-    return group
+    base = _lease(buffer) if pooled else buffer
+    return StreamGroup([materialize(base, *p) for p in parts])
 
 
 @dataclass

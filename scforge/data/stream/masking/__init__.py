@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from scforge.data.stream.masking import bert, none, value  # noqa: F401  (registers)
 from scforge.data.stream.masking.base import (
+    KernelParams,
     MaskingStrategy,
     Specials,
     cell_keys,
@@ -28,6 +29,7 @@ def get_masking(name: str) -> type[MaskingStrategy]:
 
 __all__ = [
     "MASKING",
+    "KernelParams",
     "MaskingStrategy",
     "Specials",
     "cell_keys",

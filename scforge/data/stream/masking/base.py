@@ -13,7 +13,7 @@ position in the cell). ``<pad>`` is always a special id, so padding is never sel
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
@@ -65,6 +65,29 @@ def threshold(p: float) -> int:
 def rehash(draws: np.ndarray, salt: int) -> np.ndarray:
     """An independent draw derived from an earlier one (for second decisions at few positions)."""
     return mix32(draws ^ np.uint32(salt))
+
+
+@dataclass(frozen=True)
+class KernelParams:
+    """A strategy in the fused kernel's terms (see :func:`scforge.data.stream.fused.collate_batch`).
+
+    Attributes:
+        mode: ``MODE_NONE``, ``MODE_BERT`` or ``MODE_VALUE`` of :mod:`scforge.data.stream.fused`.
+        t_select: draws below it select a token (:func:`threshold` of the probability).
+        t_mask: bert: draws below it become ``<mask>``.
+        t_random: bert: draws in ``[t_mask, t_random)`` become a random gene.
+        mask_id: the ``<mask>`` id (-1 if none).
+        genes: int64 ids random replacements are drawn from.
+        fill_value: value masking: what hidden values become.
+    """
+
+    mode: int
+    t_select: int = 0
+    t_mask: int = 0
+    t_random: int = 0
+    mask_id: int = -1
+    genes: np.ndarray = field(default_factory=lambda: np.zeros(1, dtype=np.int64))
+    fill_value: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -122,6 +145,13 @@ class MaskingStrategy:
         if hi - lo + 1 == len(self.specials.special_ids):  # one contiguous range: 2 compares
             return (ids < lo) | (ids > hi)
         return ~self._is_special[ids]
+
+    def kernel_params(self) -> KernelParams | None:
+        """What the fused batch kernel (:mod:`scforge.data.stream.fused`) needs to apply this
+        strategy, or None: the collator then runs the NumPy path (:meth:`apply`). A strategy
+        returns params only if the kernel reproduces its :meth:`apply` exactly (subclasses that
+        override ``apply`` fall back to it)."""
+        return None
 
     def apply(self, ids: np.ndarray, values: np.ndarray | None, draws: np.ndarray,
               out: dict[str, np.ndarray]) -> int:

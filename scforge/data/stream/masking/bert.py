@@ -6,7 +6,9 @@ import numpy as np
 
 from scforge.contracts import IGNORE_INDEX
 from scforge.data.stream.config import MaskingConfig
+from scforge.data.stream.fused import MODE_BERT
 from scforge.data.stream.masking.base import (
+    KernelParams,
     MaskingStrategy,
     Specials,
     rehash,
@@ -42,6 +44,12 @@ class BertMasking(MaskingStrategy):
         p = cfg.probability
         self._t_mask = threshold(p * cfg.mask_fraction)
         self._t_random = threshold(p * (cfg.mask_fraction + cfg.random_fraction))
+
+    def kernel_params(self) -> KernelParams | None:
+        if type(self).apply is not BertMasking.apply:
+            return None
+        return KernelParams(MODE_BERT, threshold(self.cfg.probability), self._t_mask,
+                            self._t_random, self.specials.mask, self._genes)
 
     def apply(self, ids: np.ndarray, values: np.ndarray | None, draws: np.ndarray,
               out: dict[str, np.ndarray]) -> int:

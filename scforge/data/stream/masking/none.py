@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from scforge.data.stream.masking.base import MaskingStrategy
+from scforge.data.stream.fused import MODE_NONE
+from scforge.data.stream.masking.base import KernelParams, MaskingStrategy
 from scforge.data.stream.masking.registry import MASKING
 
 
@@ -14,6 +15,9 @@ class NoMasking(MaskingStrategy):
 
     name = "none"
     stream = 3
+
+    def kernel_params(self) -> KernelParams | None:
+        return KernelParams(MODE_NONE) if type(self).apply is NoMasking.apply else None
 
     def apply(self, ids: np.ndarray, values: np.ndarray | None, draws: np.ndarray,
               out: dict[str, np.ndarray]) -> int:

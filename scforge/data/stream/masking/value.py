@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 
 from scforge.data.stream.config import MaskingConfig
-from scforge.data.stream.masking.base import MaskingStrategy, Specials, select
+from scforge.data.stream.fused import MODE_VALUE
+from scforge.data.stream.masking.base import (
+    KernelParams,
+    MaskingStrategy,
+    Specials,
+    select,
+    threshold,
+)
 from scforge.data.stream.masking.registry import MASKING
 
 
@@ -28,6 +35,12 @@ class ValueMasking(MaskingStrategy):
             raise ValueError("masking=value needs shards with values (binned_expression or "
                              "continuous_projection); these are rank_value shards: use "
                              "masking.name=bert")
+
+    def kernel_params(self) -> KernelParams | None:
+        if type(self).apply is not ValueMasking.apply:
+            return None
+        return KernelParams(MODE_VALUE, threshold(self.cfg.probability),
+                            fill_value=float(self.cfg.fill_value))
 
     def apply(self, ids: np.ndarray, values: np.ndarray | None, draws: np.ndarray,
               out: dict[str, np.ndarray]) -> int:

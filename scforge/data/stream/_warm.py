@@ -1,0 +1,13 @@
+"""Imported by the DataLoader forkserver: loads the fused batch kernel before workers fork."""
+
+from __future__ import annotations
+
+import warnings
+
+from scforge.data.stream.fused import warm
+
+try:
+    warm()
+except Exception as e:  # noqa: BLE001 - warming is an optimisation; workers load it themselves
+    warnings.warn(f"could not preload the fused batch kernel ({e}); each loader worker will "
+                  "load it on its first batch", stacklevel=1)
