@@ -249,7 +249,9 @@ def markdown(payload: dict, figures: dict[str, str]) -> str:
         "",
         f"1-min load average: {payload.get('load_start')} at start, {payload.get('load_end')} at "
         f"end (a shared machine: compare ratios measured in the same run, not absolute "
-        f"figures). Suite wall time: {payload.get('wall_s', '?')} s.",
+        f"figures). Suite wall time: {payload.get('wall_s', '?')} s"
+        + (f"; stage timeouts stretched {payload['load_stretch']}x for the load"
+           if (payload.get("load_stretch") or 1) > 1 else "") + ".",
         "",
         f"Packages: {_versions_line(payload)}.",
         "",

@@ -56,7 +56,7 @@ def test_failing_hanging_missing_stages_do_not_stop_the_suite(fake_repo, tmp_pat
               _stage("absent", "nosuchmodule"), _stage("silent", "nojson"),
               _stage("last", "ok")]
     out = tmp_path / "out"
-    payload = suite.run_suite("quick", out, stages=stages, budget=600)
+    payload = suite.run_suite("quick", out, stages=stages, budget=600, stretch_for_load=False)
     st = payload["stages"]
     assert {k: v["status"] for k, v in st.items()} == {
         "first": "ok", "broken": "failed", "stuck": "timeout", "absent": "missing",
@@ -77,7 +77,8 @@ def test_failing_hanging_missing_stages_do_not_stop_the_suite(fake_repo, tmp_pat
 
 def test_budget_skips_stages_that_cannot_finish(fake_repo, tmp_path):
     stages = [_stage("first", "ok", timeout=30), _stage("second", "ok", timeout=3000)]
-    payload = suite.run_suite("quick", tmp_path / "out", stages=stages, budget=60)
+    payload = suite.run_suite("quick", tmp_path / "out", stages=stages, budget=60,
+                              stretch_for_load=False)
     assert payload["stages"]["first"]["status"] == "ok"
     assert payload["stages"]["second"]["status"] == "skipped"
     assert "budget" in payload["stages"]["second"]["error"]
@@ -93,3 +94,10 @@ def test_cli_rejects_unknown_stage_and_bad_stage_args(capsys):
 def test_select_keeps_suite_order():
     names = [s.name for s in suite.select("eval,tokenize,shard", "shard")]
     assert names == ["tokenize", "eval"]
+
+
+def test_load_stretch():
+    assert suite.load_stretch(None, 2) == 1.0
+    assert suite.load_stretch(1.0, 2) == 1.0
+    assert suite.load_stretch(5.0, 2) == 2.5
+    assert suite.load_stretch(50.0, 2) == suite.MAX_LOAD_STRETCH
