@@ -312,11 +312,22 @@ def markdown(payload: dict, figures: dict[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(payload: dict, out: str | Path) -> dict[str, Any]:
+def machine_tag(m: dict) -> str:
+    """``2core`` / ``16core_nvidia-h200``: names a result file after the machine."""
+    tag = f"{m.get('cores', '?')}core"
+    if m.get("gpu"):
+        tag += "_" + re.sub(r"[^a-z0-9]+", "-", str(m["gpu"]).lower()).strip("-")
+    return tag
+
+
+def write_report(payload: dict, out: str | Path, *,
+                 summary_dir: str | Path | None = None) -> dict[str, Any]:
     """Writes ``report.md``, ``ratios.png`` and ``scaling.png`` (when there is data) into ``out``.
 
-    Returns ``{"markdown": path, "figures": {name: path}}`` (paths relative to ``out`` for the
-    figures, as the markdown links them).
+    With ``summary_dir``, the same report is also written as ``<summary_dir>/<date>_<machine>.md``
+    (figure links rewritten relative to it): the file the README points to.
+
+    Returns ``{"markdown": path, "figures": {name: path}}`` (+ ``summary`` when written).
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -333,4 +344,19 @@ def write_report(payload: dict, out: str | Path) -> dict[str, Any]:
         figures["scaling"] = "scaling.png"
     md = out / "report.md"
     md.write_text(markdown(payload, figures))
-    return {"markdown": str(md), "figures": {k: str(out / v) for k, v in figures.items()}}
+    res: dict[str, Any] = {"markdown": str(md),
+                           "figures": {k: str(out / v) for k, v in figures.items()}}
+    if summary_dir is not None:
+        import os
+
+        summary_dir = Path(summary_dir)
+        summary_dir.mkdir(parents=True, exist_ok=True)
+        rel = Path(os.path.relpath(out.resolve(), summary_dir.resolve()))
+        figs = {k: (rel / v).as_posix() for k, v in figures.items()}
+        text = markdown(payload, figs)
+        if rel.as_posix() != ".":
+            text = text.replace("Full figures: `", f"Full figures: `{rel.as_posix()}/")
+        path = summary_dir / f"{m.get('date', 'undated')}_{machine_tag(m)}.md"
+        path.write_text(text)
+        res["summary"] = str(path)
+    return res

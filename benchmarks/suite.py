@@ -241,9 +241,19 @@ def run_suite(suite: str, out: Path, *, stages: list[Stage] | None = None,
     payload["wall_s"] = round(time.perf_counter() - t_start, 1)
     payload["load_end"] = loadavg()
     _write_json(out / "suite.json", payload)
-    payload["report"] = write_report(payload, out)
+    # a full run in the results tree also gets results/<date>_<machine>.md (what the README cites)
+    summary = RESULTS if suite == "full" and _inside(out, RESULTS) else None
+    payload["report"] = write_report(payload, out, summary_dir=summary)
     _write_json(out / "suite.json", payload)
     return payload
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        path.resolve().relative_to(root.resolve())
+        return True
+    except ValueError:
+        return False
 
 
 def _write_json(path: Path, payload: dict) -> None:
@@ -313,7 +323,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m benchmarks") -> i
             print(f"{prog}: error: {path} not found (run the suite first)", file=sys.stderr)
             return 2
         payload = json.loads(path.read_text())
-        payload["report"] = write_report(payload, out)
+        full = payload.get("suite") == "full" and _inside(out, RESULTS)
+        payload["report"] = write_report(payload, out, summary_dir=RESULTS if full else None)
         _write_json(path, payload)
         print(json.dumps(payload["report"]))
         return 0

@@ -99,3 +99,13 @@ def test_report_without_data_has_no_charts(tmp_path):
     md = (tmp_path / "report.md").read_text()
     assert "No stage produced ratios." in md and "stopped after 90 s" in md
     assert not (tmp_path / "ratios.png").exists()
+
+
+def test_summary_copy_links_figures_in_the_suite_dir(tmp_path):
+    out = tmp_path / "suite_full_2026-12-01"
+    rep = write_report(fake_payload(), out, summary_dir=tmp_path)
+    summary = tmp_path / "2026-12-01_2core.md"
+    assert rep["summary"] == str(summary)
+    text = summary.read_text()
+    assert "![Ratios](suite_full_2026-12-01/ratios.png)" in text
+    assert (out / "ratios.png").is_file()
