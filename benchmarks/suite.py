@@ -77,8 +77,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("store", "benchmarks.bench_store", timeout_quick=90, timeout_full=900,
           peers="zarr-python vs tensorstore"),
     Stage("train", "benchmarks.bench_train", timeout_quick=150, timeout_full=2400,
-          peers="Hugging Face BertForMaskedLM; eager vs compiled",
-          env={"DS_ACCELERATOR": "cpu"}),
+          peers="Hugging Face BertForMaskedLM; eager vs compiled"),
     Stage("eval", "benchmarks.bench_eval", timeout_quick=210, timeout_full=1800,
           peers="scib-metrics runtime; PCA baseline"),
 )
@@ -113,8 +112,13 @@ def _stage_json(out: Path) -> tuple[Path | None, str]:
 
 
 def run_stage(stage: Stage, suite: str, out: Path, *, timeout: float,
-              python: str = sys.executable, extra: list[str] | None = None) -> dict[str, Any]:
-    """Runs one stage script in a subprocess; returns its record (never raises for the stage)."""
+              python: str = sys.executable, extra: list[str] | None = None,
+              gpu: bool = False) -> dict[str, Any]:
+    """Runs one stage script in a subprocess; returns its record (never raises for the stage).
+
+    Without a GPU, ``DS_ACCELERATOR=cpu`` is set (unless already set) so DeepSpeed does not
+    probe for one; with a GPU the stage sees the environment as it is and uses the device.
+    """
     out.mkdir(parents=True, exist_ok=True)
     cmd = [python, "-m", stage.module, *stage.args(suite), *(extra or []), "--out", str(out)]
     rec: dict[str, Any] = {"stage": stage.name, "module": stage.module, "cmd": cmd,
@@ -126,6 +130,8 @@ def run_stage(stage: Stage, suite: str, out: Path, *, timeout: float,
         return rec
     env = {**os.environ, **stage.env, "PYTHONPATH": os.pathsep.join(
         [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    if not gpu:
+        env.setdefault("DS_ACCELERATOR", "cpu")
     t0 = time.perf_counter()
     with open(out / "stdout.txt", "w") as so, open(out / "stderr.txt", "w") as se:
         try:
@@ -233,7 +239,8 @@ def run_suite(suite: str, out: Path, *, stages: list[Stage] | None = None,
             continue
         print(f"[suite] {st.name} ({st.module}) ...", file=sys.stderr, flush=True)
         rec = run_stage(st, suite, out / st.name, timeout=min(timeout, left),
-                        extra=(stage_args or {}).get(st.name))
+                        extra=(stage_args or {}).get(st.name),
+                        gpu=bool(payload["machine"].get("gpu")))
         payload["stages"][st.name] = rec
         print(f"[suite] {st.name}: {rec['status']} in {rec.get('wall_s', 0):.0f} s"
               + (f" ({rec['error']})" if rec.get("error") else ""), file=sys.stderr, flush=True)
