@@ -12,7 +12,7 @@ import pytest
 import scipy.sparse as sp
 
 from scforge.config import ShardJobConfig, load_config
-from scforge.data.shard import ShardJob, load_manifest
+from scforge.data.shard import ShardJob
 from scforge.data.shard.cli import main
 from scforge.data.sources import open_source
 from scforge.data.stats import compute_corpus_stats
@@ -163,26 +163,36 @@ def test_stats_cli_medians_feed_rank_value(tmp_path, capsys, cellbench_path):
     assert stats["format"] == "scforge-corpus-stats" and stats["cells_dropped"]["total"] > 0
     assert all(isinstance(v, float) and v > 0 for v in medians.values())
     assert medians["ENSG00000075624"] > 1  # ACTB
+    # rank_value with these medians (Geneformer V1 recipe: plain id lookup) = a direct ranking of
+    # x / n_counts / median, descending, ties to the lower token id.
     cfg = load_config(
         ShardJobConfig,
-        [REPO / "configs/shard/geneformer_v2.yaml"],
+        [REPO / "configs/shard/geneformer_v1.yaml"],
         [f"vocab.gene_medians={med}", "shard.cells_per_shard=2000"],
     )
-    ShardJob([str(cellbench_path)], tmp_path / "o", cfg, progress=False).run()
-    default = ShardJob(
+    job = ShardJob([str(cellbench_path)], tmp_path / "o", cfg, progress=False)
+    job.run()
+    from scforge.data import read_shards
+
+    cells = [c for _, c in zip(range(20), read_shards(tmp_path / "o"), strict=False)]
+    a = ad.read_h5ad(cellbench_path)
+    tok = job.prep.vocab.tokens
+    for r, cell in enumerate(cells):
+        x = sp.csr_matrix(a.X[r]).astype(np.float64)  # float64 throughout, as the kernel
+        n = x.sum()
+        genes = [(a.var_names[c], v) for c, v in zip(x.indices, x.data, strict=True)]
+        scored = [
+            (-(v / n * 1e4 / medians.get(g, 1.0)), tok[g]) for g, v in genes if g in tok and v > 0
+        ]
+        want = [t for _, t in sorted(scored)][:2048]
+        assert cell["input_ids"].tolist() == want
+    other = ShardJob(
         [str(cellbench_path)],
         tmp_path / "d",
-        load_config(
-            ShardJobConfig,
-            [REPO / "configs/shard/geneformer_v2.yaml"],
-            ["shard.cells_per_shard=2000"],
-        ),
+        load_config(ShardJobConfig, [REPO / "configs/shard/geneformer_v1.yaml"], []),
         progress=False,
     )
-    assert (
-        load_manifest(tmp_path / "o")["tokenizer"]["extra"]
-        != default.prep.tokenizer.describe()["extra"]
-    )
+    assert other.prep.tokenizer.describe()["extra"] != job.prep.tokenizer.describe()["extra"]
     vocab = json.loads((tmp_path / "vocab.json").read_text())
     n50 = sum(n >= 50 for n in stats["genes"]["n_cells_nonzero"])
     assert len(vocab) == n50 + 4 and vocab["<pad>"] == 0

@@ -65,6 +65,36 @@ def test_tenx_drops_antibody_features(formats, small_adata):
     assert np.array_equal(chunk.data, small_adata.X[:5].tocsr().data)
 
 
+def test_tenx_mtx_any_entry_order_in_bounded_chunks(tmp_path, formats, small_adata, monkeypatch):
+    """Entries in any order (not sorted by cell), parsed in chunks smaller than one cell."""
+    import gzip
+
+    import scipy.io
+    import scipy.sparse as sp
+
+    from scforge.data.sources import tenx
+
+    d = tmp_path / "shuffled"
+    shutil.copytree(formats["tenx"], d)
+    coo = scipy.io.mmread(str(d / "matrix.mtx.gz")).tocoo()
+    perm = np.random.default_rng(0).permutation(coo.nnz)
+    shuffled = sp.coo_matrix((coo.data[perm], (coo.row[perm], coo.col[perm])), shape=coo.shape)
+    with gzip.open(d / "matrix.mtx.gz", "wb") as fh:
+        scipy.io.mmwrite(fh, shuffled)
+    monkeypatch.setattr(tenx, "MTX_CHUNK_ENTRIES", 5000)  # < one cell (~5,900)
+    src = open_source(str(d))
+    want = sp.csr_matrix(small_adata.X)
+    for a, b in ((0, 1), (0, 64), (50, 160)):
+        chunk = src.read_rows(a, b)
+        got = sp.csr_matrix((chunk.data, chunk.indices, chunk.indptr), shape=(b - a, src.n_genes))
+        assert (got != want[a:b]).nnz == 0
+        assert np.array_equal(chunk.indices, want[a:b].indices)  # canonical: sorted per row
+    tmp = src._tmp
+    assert Path(tmp).is_dir()
+    src.close()
+    assert not Path(tmp).exists()  # the temporary CSR files are removed
+
+
 def test_several_formats_one_corpus_with_dataset_field(tmp_path, formats):
     cfg = _cfg("source.obs_fields=[cell_type,dataset]")
     out = tmp_path / "o"
@@ -129,6 +159,14 @@ def test_unreadable_10x_directories(tmp_path, capsys, formats):
     (corrupt / "matrix.mtx.gz").write_bytes(blob[: len(blob) // 3])  # truncated download
     err = _fails(capsys, tmp_path, corrupt)
     assert "unreadable" in err
+    short = tmp_path / "short"  # complete gzip, but entries missing (header says more)
+    shutil.copytree(formats["tenx"], short)
+    import gzip
+
+    lines = gzip.decompress((short / "matrix.mtx.gz").read_bytes()).splitlines(keepends=True)
+    (short / "matrix.mtx.gz").write_bytes(gzip.compress(b"".join(lines[:-100])))
+    err = _fails(capsys, tmp_path, short)
+    assert "unreadable" in err and "truncated" in err
 
 
 def test_mixed_gene_id_types_that_cannot_be_mapped(tmp_path, capsys, formats, small_adata):

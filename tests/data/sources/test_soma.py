@@ -120,6 +120,68 @@ def test_soma_obs_columns_and_dataset_field(tmp_path, cellbench_experiment):
     assert load_manifest(tmp_path / "o")["obs_fields"] == ["dataset", "soma_joinid", "protocol"]
 
 
+def test_pbmc_subset_experiment_one_batch(tmp_path_factory, tmp_path):
+    """pbmc_2batch cells (every 8th, both batches interleaved) as a local experiment: a value
+    filter on one batch gives the shards of the same cells from .h5ad (the whole file, binned
+    too: test_pbmc_soma_experiment_one_batch with --runslow)."""
+    import tiledbsoma.io
+
+    from tests.data.sources.conftest import _FAST_INGEST
+
+    a = ad.read_h5ad(SHARED / "pbmc_2batch.h5ad")[::8].copy()
+    uri = tmp_path_factory.mktemp("pbmc_sub") / "exp"
+    tiledbsoma.io.from_anndata(
+        str(uri), a, measurement_name="RNA", X_layer_name="raw", platform_config=_FAST_INGEST
+    )
+    batch = "pbmc8k_10x_v2_GRCh38"
+    rows = np.flatnonzero((a.obs["batch"] == batch).to_numpy())
+    assert 0 < len(rows) < a.n_obs
+    a[rows].copy().write_h5ad(tmp_path / "ref.h5ad")
+    for recipe in ("geneformer_v2.yaml",):
+        cfg = _cfg(recipe, "shard.cells_per_shard=400")
+        ShardJob(
+            [str(tmp_path / "ref.h5ad")], tmp_path / f"ref-{recipe}", cfg, progress=False
+        ).run()
+        url = f"soma://{uri}?obs={quote(f'batch == {batch!r}')}"
+        ShardJob([url], tmp_path / f"soma-{recipe}", cfg, progress=False).run()
+        _assert_same_cells(
+            list(read_shards(tmp_path / f"soma-{recipe}")),
+            list(read_shards(tmp_path / f"ref-{recipe}")),
+            rows,
+        )
+
+
+def test_census_url_forms():
+    """The issue's spelling (filter not URL-encoded), an encoded one, and soma:// URLs."""
+    from scforge.data.sources import SourceError
+    from scforge.data.sources.soma import SomaSpec, parse_soma_url
+
+    flt = 'is_primary_data == True and tissue_general == "blood"'
+    spec = parse_soma_url(f"census://2025-01-30?organism=homo_sapiens&obs={flt}")
+    assert spec == SomaSpec(census_version="2025-01-30", obs_value_filter=flt)
+    assert spec.is_census and parse_soma_url(spec.url()) == spec  # canonical form round-trips
+    enc = parse_soma_url(
+        f"census://stable?organism=Mus%20musculus&obs={quote(flt)}&obs_columns=tissue,assay"
+    )
+    assert (enc.organism, enc.obs_value_filter, enc.obs_columns) == (
+        "Mus musculus",
+        flt,
+        ("tissue", "assay"),
+    )
+    defaults = SomaSpec(layer="normalized", obs_value_filter="x == 1")
+    plain = parse_soma_url("soma:///data/exp", defaults)
+    assert (plain.uri, plain.layer, plain.obs_value_filter, plain.is_census) == (
+        "/data/exp",
+        "normalized",
+        "x == 1",
+        False,
+    )
+    with pytest.raises(SourceError, match="unknown parameter"):
+        parse_soma_url("census://stable?tissue=blood")
+    with pytest.raises(SourceError, match="Census version"):
+        parse_soma_url("census://?obs=x")
+
+
 # ---------------------------------------------------------------------------- bad input
 def _fails(capsys, out: Path, *args: str) -> str:
     code = main([*args, "--out", str(out), "--no-progress"])
