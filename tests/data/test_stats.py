@@ -104,15 +104,20 @@ def test_pbmc_medians_track_geneformer_v2(pbmc_path):
     common = sorted(set(ours) & set(gf))
     rho_all = spearmanr([ours[g] for g in common], [gf[g] for g in common])[0]
     ncells = dict(zip(st.genes, st.n_cells_nonzero.tolist(), strict=True))
-    wide = [g for g in common if ncells[g] >= 1000]
-    rho_wide = spearmanr([ours[g] for g in wide], [gf[g] for g in wide])[0]
+    rho = {}
+    for min_cells in (1000, 3000):
+        wide = [g for g in common if ncells[g] >= min_cells]
+        rho[min_cells] = (spearmanr([ours[g] for g in wide], [gf[g] for g in wide])[0], len(wide))
     print(
-        f"Spearman vs Geneformer V2: {rho_all:.3f} over {len(common)} genes, "
-        f"{rho_wide:.3f} over {len(wide)} genes in >= 1000 cells"
+        f"Spearman vs Geneformer V2: {rho_all:.3f} over {len(common)} genes; "
+        + "; ".join(f"{r:.3f} over {n} genes in >= {k} cells" for k, (r, n) in rho.items())
     )
-    assert len(common) > 15_000 and len(wide) > 3000
-    assert 0.2 < rho_all < 0.95
-    assert 0.65 < rho_wide < 0.99
+    # Measured (exact medians, all 10,668 cells): 0.299 / 0.758 / 0.874. The agreement rises
+    # with detection: a gene seen in few cells has a median of ~1 count / cell depth.
+    assert len(common) > 15_000 and rho[1000][1] > 3000 and rho[3000][1] > 1000
+    assert 0.25 < rho_all < 0.45
+    assert 0.70 < rho[1000][0] < 0.85
+    assert 0.80 < rho[3000][0] < 0.95
 
 
 def test_hvg_equals_scanpy_seurat_v3(cellbench_path):

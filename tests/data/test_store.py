@@ -178,3 +178,13 @@ def test_store_resume_rewrites_only_missing_units(tmp_path, cellbench_path, outp
     summary = ShardJob([str(cellbench_path)], out, cfg, progress=False).run()
     assert summary["complete"] and summary["shards_written"] == 2  # units 0 and 1
     assert load_store_manifest(out)["shards"] == load_store_manifest(ref_dir)["shards"]
+
+
+def test_other_layout_into_the_same_directory_is_refused(short, cellbench_path):
+    from scforge.data.shard import ShardError
+
+    before = sorted(p.name for p in short["ragged"].iterdir())
+    cfg = _cfg("tokenizer.max_length=1200", "shard.format=zarr", "store.layout=dense")
+    with pytest.raises(ShardError, match="store_layout"):
+        ShardJob([str(cellbench_path)], short["ragged"], cfg, progress=False).run()
+    assert sorted(p.name for p in short["ragged"].iterdir()) == before
