@@ -115,8 +115,12 @@ def test_several_inputs_one_corpus(tmp_path, pbmc_path, cellbench_path):
     man = load_manifest(tmp_path / "o")
     assert [s["n_cells"] for s in man["sources"]] == [10668, 1408]
     assert [s["input"] for s in man["shards"]] == [0, 0, 0, 1]
-    ids = [c["cell_id"] for c in read_shards(tmp_path / "o")]
-    assert ids[-1] == ad.read_h5ad(cellbench_path, backed="r").obs_names[-1]
+    assert man["obs_fields"] == ["cell_type", "batch", "dataset"]  # added for several inputs
+    assert [s["dataset"] for s in man["sources"]] == ["pbmc_2batch", "cellbench_5batch"]
+    assert [s["cells_kept"] for s in man["sources"]] == [10668, 1408]
+    cells = list(read_shards(tmp_path / "o"))
+    assert cells[-1]["cell_id"] == ad.read_h5ad(cellbench_path, backed="r").obs_names[-1]
+    assert [c["dataset"] for c in cells[10667:10669]] == ["pbmc_2batch", "cellbench_5batch"]
 
 
 def test_partitions_union_is_whole_corpus(tmp_path, pbmc_path):

@@ -102,6 +102,8 @@ class Prepared:
         self.filters = [CellFilter(cfg.source.qc, s) for s in self.sources]
         self.obs_fields = _ordered_union(
             list(cfg.source.obs_fields),
+            # Several inputs make one corpus: every cell says which input it came from.
+            ["dataset"] if len(self.sources) > 1 else [],
             *[getattr(s, "extra_obs_fields", []) for s in self.sources],
         )
         self.hvg_genes: list[str] | None = None

@@ -21,7 +21,9 @@ Two layouts (``store.layout``). ``ragged`` (default) of an output directory writ
     lengths  [n_cells]           uint32 tokens of each cell
 
 (one inner chunk per cell row, so a random cell is one chunk, and a batch is one indexed read
-straight into a padded [batch, width] array). Every array uses the sharding codec: inner chunks small enough that reading one cell touches a
+straight into a padded [batch, width] array; zstd makes the padding nearly free on disk).
+
+Every array uses the sharding codec: inner chunks small enough that reading one cell touches a
 few KB (random access), shards large enough that a unit is a handful of files. Only numeric
 arrays are used (no variable-length string codec), so tensorstore's ``zarr3`` driver reads all
 of it. Strings live in JSON attributes or as UTF-8 bytes. No pickle anywhere.
