@@ -46,6 +46,34 @@ def test_anndata_zarr_shards_are_byte_identical(tmp_path, formats, ref_dir, fmt,
     assert got["sources"][0]["format"] == f"anndata-zarr-v{fmt[-1]}"
 
 
+def test_anndata_zarr_dense_x_and_raw_layer(tmp_path, formats, ref_dir, small_adata):
+    """A dense X (zarr v3) and counts under raw/X (zarr v2) read as the same cells."""
+    import warnings
+
+    import anndata as ad
+
+    a = small_adata.copy()
+    a.X = a.X.toarray()
+    b = small_adata.copy()
+    b.raw = b
+    b.X = b.X * 0.5  # not counts: only raw/X is
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ad.settings.zarr_write_format = 3
+        a.write_zarr(tmp_path / "dense.zarr")
+        ad.settings.zarr_write_format = 2
+        b.write_zarr(tmp_path / "raw.zarr")
+    ref = [s["sha256"] for s in load_manifest(ref_dir)["shards"]]
+    ShardJob([str(tmp_path / "dense.zarr")], tmp_path / "d", _cfg(), progress=False).run()
+    assert [s["sha256"] for s in load_manifest(tmp_path / "d")["shards"]] == ref
+    cfg = _cfg("source.layer=raw/X")
+    got = _cells(tmp_path / "raw.zarr", tmp_path / "r", cfg)
+    want = list(read_shards(ref_dir))
+    assert all(
+        np.array_equal(x["input_ids"], y["input_ids"]) for x, y in zip(got, want, strict=True)
+    )
+
+
 @pytest.mark.parametrize("fmt", ["tenx", "tenx_h5", "loom", "csv", "tsv_gz"])
 def test_other_formats_give_the_same_tokens(tmp_path, formats, ref_dir, small_adata, fmt):
     ref = list(read_shards(ref_dir))
