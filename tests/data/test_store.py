@@ -40,7 +40,8 @@ def outputs(tmp_path_factory, cellbench_path) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="module")
 def short(tmp_path_factory, cellbench_path) -> dict[str, Path]:
-    """Cells of 1,200 tokens at most as tar shards, a ragged store and a dense store."""
+    """Cells of 6,000 tokens at most (some shorter, some cut) as tar shards, a ragged store and
+    a dense store."""
     root = tmp_path_factory.mktemp("dense")
     out = {}
     for name, extra in (
@@ -48,7 +49,7 @@ def short(tmp_path_factory, cellbench_path) -> dict[str, Path]:
         ("ragged", ["shard.format=zarr"]),
         ("dense", ["shard.format=zarr", "store.layout=dense"]),
     ):
-        cfg = _cfg("tokenizer.max_length=1200", *extra)
+        cfg = _cfg("tokenizer.max_length=6000", *extra)
         ShardJob([str(cellbench_path)], root / name, cfg, progress=False).run()
         out[name] = root / name
     return out
@@ -82,10 +83,11 @@ def test_dense_layout_holds_the_same_cells(short, backend):
     """The padded [cells, max_length] layout: same cells as the tar shards of the same job."""
     dense_dir = short["dense"]
     ref = list(read_shards(short["tar"]))
-    assert max(len(c["input_ids"]) for c in ref) == 1200  # some cells fill a whole row
+    lens = [len(c["input_ids"]) for c in ref]
+    assert max(lens) == 6000 and min(lens) < 5000  # some cells fill a whole row, some do not
     store = TokenStore(dense_dir, backend=backend)
     man = store.manifest
-    assert man["layout"]["name"] == "dense" and man["layout"]["width"] == 1200
+    assert man["layout"]["name"] == "dense" and man["layout"]["width"] == 6000
     assert len(store) == len(ref)
     idx = np.random.default_rng(1).integers(0, len(ref), 300)  # with repeats, any order
     got = store.get_batch(idx)
@@ -93,12 +95,13 @@ def test_dense_layout_holds_the_same_cells(short, backend):
     import zarr
 
     tokens = zarr.open_group(str(dense_dir / man["shards"][0]["file"]), mode="r")["tokens"]
-    assert tokens.ndim == 2 and tokens.shape[1] == 1200 and tokens.shards is not None
+    assert tokens.ndim == 2 and tokens.shape[1] == 6000 and tokens.shards is not None
     # Padded batches: rows are the cells, then <pad> (scGPT: its id) and value 0.
     pad = man["layout"]["pad_id"]
     assert pad == man["vocab"]["specials"]["<pad>"] > 0
     batch = store.get_padded(idx[:64])
-    assert batch["input_ids"].shape == (64, 1200) and batch["values"].shape == (64, 1200)
+    assert batch["input_ids"].shape == (64, 6000) and batch["values"].shape == (64, 6000)
+    assert (batch["lengths"] < 6000).any()
     for row, vals, n, i in zip(
         batch["input_ids"], batch["values"], batch["lengths"], idx[:64], strict=True
     ):
@@ -113,10 +116,14 @@ def test_ragged_get_padded_equals_dense(short):
     dense = TokenStore(short["dense"])
     assert len(ragged) == len(dense)
     idx = np.random.default_rng(2).permutation(len(dense))[:100]
-    a = ragged.get_padded(idx, width=1200)
+    a = ragged.get_padded(idx, width=6000)
     b = dense.get_padded(idx)
+    assert (a["lengths"] < 6000).any()
     for k in ("lengths", "input_ids", "values"):
         assert np.array_equal(a[k], b[k]), k
+    a0, b0 = ragged.get_padded(idx, width=6000, pad_id=0), dense.get_padded(idx, pad_id=0)
+    assert np.array_equal(a0["input_ids"], b0["input_ids"])
+    assert not np.array_equal(a0["input_ids"], a["input_ids"])  # the padding changed
     short = ragged.get_padded(idx[:5])
     assert short["input_ids"].shape[1] == short["lengths"].max()
     with pytest.raises(ValueError, match="width"):

@@ -59,12 +59,11 @@ class StoreFormatError(ValueError):
 def describe_layout(name: str = "ragged", *, width: int = 0, pad_id: int = 0) -> dict:
     """The layout block stored in the manifest."""
     common = ["row", "cell_id", "cell_id_offsets", "obs/*"]
-    out = {"name": name, "cell_chunk": CELL_CHUNK, "cell_shard": CELL_SHARD}
+    out = {"name": name, "cell_chunk": CELL_CHUNK, "cell_shard": CELL_SHARD, "pad_id": int(pad_id)}
     if name == "dense":
         out.update(
             arrays=["tokens", "values", "lengths", *common],
             width=int(width),
-            pad_id=int(pad_id),
             row_chunk=DENSE_ROW_CHUNK,
             row_shard=DENSE_ROW_SHARD,
         )

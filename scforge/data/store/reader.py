@@ -172,7 +172,7 @@ class TokenStore:
         toks = np.full((len(idx), w), pad, dtype=np.uint16) if not parts else None
         vals = None
         for pos, unit, cells in parts:
-            t, v = self._read_rows(unit, cells)
+            t, v = self._read_rows(unit, cells, pad)
             if toks is None:
                 toks = np.full((len(idx), w), pad, dtype=t.dtype)
             toks[pos] = _fit(t, w, pad)
@@ -180,16 +180,16 @@ class TokenStore:
                 if vals is None:
                     vals = np.zeros((len(idx), w), dtype=v.dtype)
                 vals[pos] = _fit(v, w, 0)
-        beyond = np.arange(w)[None, :] >= lens[:, None]  # whatever the layout padded with
-        toks[beyond] = pad
+        if layout["name"] == "dense" and pad != int(layout.get("pad_id", 0)):
+            toks[np.arange(w)[None, :] >= lens[:, None]] = pad  # rows hold the store's pad
         out = {"input_ids": toks, "lengths": lens}
         if vals is not None:
-            vals[beyond] = 0
             out["values"] = vals
         return out
 
-    def _read_rows(self, unit: _Unit, cells: np.ndarray):
-        """Padded [len(cells), row width] tokens and values of a unit's cells."""
+    def _read_rows(self, unit: _Unit, cells: np.ndarray, pad: int = 0):
+        """Padded [len(cells), row width] tokens and values (0-padded) of a unit's cells; ragged
+        rows are padded with ``pad``, dense rows hold the store's pad id."""
         if unit.dense:
             if self.backend == "tensorstore":  # both reads in flight before either is awaited
                 idx = np.asarray(cells, dtype=np.int64)
@@ -205,7 +205,7 @@ class TokenStore:
 
         lens = unit.lengths[cells]
         flat_t = np.concatenate(toks) if toks else np.zeros(0, np.uint16)
-        t = pad_rows(lens, flat_t, w, 0)
+        t = pad_rows(lens, flat_t, w, pad)
         v = pad_rows(lens, np.concatenate(vals), w, 0) if vals is not None else None
         return t, v
 
