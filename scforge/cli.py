@@ -1,55 +1,60 @@
 """The ``scforge`` command: one entry point for every stage.
 
-scforge demo [--out DIR]          shard the bundled pbmc3k dataset and show the result
+scforge demo [--quick]            shard, pretrain, embed, evaluate, report on bundled PBMC cells
 scforge shard ...                 same as ``scforge-shard ...``
 scforge inspect DIR               same as ``scforge-shard inspect DIR``
+scforge stats ...                 same as ``scforge-shard stats ...``
+scforge train --config ...        pretrain (``python -m scforge.train``)
+scforge embed --checkpoint ...    cell embeddings of an export -> obsm
+scforge evaluate --config ...     evaluation harness (probe, scib-metrics) -> report
+scforge finetune --config ...     task head (+ LoRA) on a pretrained encoder
+scforge predict --model ...       apply a fine-tuned model -> obs
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-import time
-from pathlib import Path
 
 
 def _demo(argv: list[str]) -> int:
-    from scforge.data.shard.cli import main as shard_main
-    from scforge.data.shard.inspect import inspect
-    from scforge.resources import DEFAULT_DATASET
-
     ap = argparse.ArgumentParser(
-        prog="scforge demo", description="Shard the bundled pbmc3k dataset (2,638 real cells)."
+        prog="scforge demo",
+        description="The whole pipeline on the bundled real PBMC cells: shard, pretrain the "
+        "debug encoder, embed, evaluate against HVG + PCA, write a report.",
     )
     ap.add_argument("--out", default="demo_out", help="output directory (default: demo_out)")
     ap.add_argument(
         "--strategy",
         default="rank_value",
         choices=["rank_value", "binned_expression", "continuous_projection"],
+        help="tokenizer (Geneformer V2 rank values, scGPT bins, continuous values)",
     )
+    ap.add_argument("--steps", type=int, default=None, help="pretraining steps (default 600)")
+    ap.add_argument("--max-len", type=int, default=None, help="tokens per cell (default 128)")
+    ap.add_argument("--eval-cells", type=int, default=None, help="cells to evaluate (0 = all)")
+    ap.add_argument("--quick", action="store_true", help="smoke run: 30 steps, 64 tokens, 600 "
+                    "evaluated cells (under a minute of compute)")
+    ap.add_argument("--no-scib", action="store_true", help="skip scib-metrics (probe only)")
+    ap.add_argument("--no-umap", action="store_true", help="skip the UMAP figure")
+    ap.add_argument("--device", default="auto", help="embedding device: auto | cpu | cuda")
+    ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
-    recipe = {
-        "rank_value": "geneformer_v2",
-        "binned_expression": "scgpt_binned",
-        "continuous_projection": "continuous",
-    }[args.strategy]
-    cfg_path = Path(__file__).resolve().parents[1] / "configs" / "shard" / f"{recipe}.yaml"
-    out = Path(args.out) / f"shards_{recipe}"
-    print(f"[scforge demo] dataset: {DEFAULT_DATASET.name} (10x PBMC 3k, raw UMI counts)")
-    t0 = time.perf_counter()
-    cmd = [str(DEFAULT_DATASET), "--out", str(out), "shard.cells_per_shard=1024"]
-    if cfg_path.is_file():
-        cmd += ["--config", str(cfg_path)]
-    else:  # installed without the repo's configs/: the defaults are the Geneformer V2 recipe
-        cmd += [f"tokenizer.strategy={args.strategy}"]
-    code = shard_main(cmd)
-    if code != 0:
-        return code
-    print(inspect(out, n_cells=3, n_genes=10))
-    print(
-        f"[scforge demo] done in {time.perf_counter() - t0:.1f} s; shards in {out}/ "
-        f"(read them with scforge.data.read_shards('{out}'))"
-    )
+
+    from scforge.eval.demo import DemoConfig, quick, run_demo
+
+    cfg = DemoConfig(out=args.out, strategy=args.strategy, scib=not args.no_scib,
+                     umap=not args.no_umap, device=args.device, progress=not args.no_progress)
+    if args.quick:
+        cfg = quick(cfg)
+    for name in ("steps", "max_len", "eval_cells"):
+        if getattr(args, name) is not None:
+            setattr(cfg, name, getattr(args, name))
+    try:
+        run_demo(cfg)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"scforge demo: error: {e}")
+        return 2
     return 0
 
 

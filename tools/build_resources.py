@@ -1,4 +1,4 @@
-"""Builds the bundled gene dictionaries and default dataset under ``scforge/resources``.
+"""Builds the bundled gene dictionaries and datasets under ``scforge/resources``.
 
 Run once from the repo root (the outputs are committed): ``python tools/build_resources.py``.
 Inputs are the JSON conversions of the official Geneformer/scGPT dictionaries in
@@ -74,10 +74,45 @@ def build_dataset() -> None:
     )
 
 
+DEMO_BATCH_CELLS = 1000
+
+
+def build_demo_batch() -> None:
+    """A second batch for the demo: 1,000 seeded random pbmc8k cells (10x v2, GRCh38).
+
+    With the bundled pbmc3k (10x v1, hg19) it makes a two-batch set, so ``scforge demo`` reports
+    scib-metrics' batch-correction scores as well as bio conservation. Cells labelled ``Other``
+    (a pbmc8k-only label) are left out so both batches share one label set.
+    """
+    src = ad.read_h5ad(SHARED / "pbmc_2batch.h5ad")
+    batch = src.obs["batch"].astype(str)
+    pool = np.flatnonzero(batch.str.startswith("pbmc8k").to_numpy()
+                          & (src.obs["cell_type"].astype(str) != "Other").to_numpy())
+    idx = np.sort(np.random.default_rng(0).choice(pool, DEMO_BATCH_CELLS, replace=False))
+    sub = src[idx].copy()
+    genes = np.asarray((sp.csr_matrix(sub.X) != 0).sum(axis=0)).ravel() > 0
+    sub = sub[:, genes].copy()
+    sub.X = sp.csr_matrix(sub.X, dtype=np.float32)
+    sub.obs = sub.obs[["cell_type", "batch"]].copy()
+    sub.var = sub.var[["gene_symbols"]].copy()
+    sub.uns = {
+        "source": "10x Genomics PBMC 8k (v2 chemistry), raw UMI counts; 1,000 random cells "
+        "(seed 0, label 'Other' excluded) of pbmc_2batch.h5ad batch pbmc8k, genes detected "
+        "in >= 1 of them"
+    }
+    path = OUT / "pbmc8k_demo.h5ad"
+    sub.write_h5ad(path, compression="gzip", compression_opts=9)
+    print(
+        f"{path.name}: {sub.n_obs} cells x {sub.n_vars} genes, {path.stat().st_size / 1e6:.2f} MB"
+    )
+
+
 if __name__ == "__main__":
     OUT.mkdir(parents=True, exist_ok=True)
-    what = sys.argv[1:] or ["dictionaries", "dataset"]
+    what = sys.argv[1:] or ["dictionaries", "dataset", "demo_batch"]
     if "dictionaries" in what:
         build_dictionaries()
     if "dataset" in what:
         build_dataset()
+    if "demo_batch" in what:
+        build_demo_batch()

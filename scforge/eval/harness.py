@@ -20,6 +20,7 @@ import torch
 from scforge.eval.embed import embed_cells, resolve_device
 from scforge.eval.tasks import (
     EVAL_TASKS,
+    NEIGHBORS,
     EmbeddingQualityConfig,
     EvalContext,
     LinearProbeConfig,
@@ -48,6 +49,8 @@ class EvalConfig:
     device: str = "auto"
     layer: str = "X"
     tasks: list[str] = field(default_factory=lambda: ["linear_probe", "embedding_quality"])
+    save_embeddings: bool = False
+    """Also write ``embedded.h5ad`` (the cells with ``obsm``: model and baseline embeddings)."""
     linear_probe: LinearProbeConfig = field(default_factory=LinearProbeConfig)
     embedding_quality: EmbeddingQualityConfig = field(default_factory=EmbeddingQualityConfig)
 
@@ -60,6 +63,12 @@ class EvalConfig:
             if t not in EVAL_TASKS:
                 raise ConfigError(f"tasks: {t!r} is not an eval task; registered: "
                                   f"{EVAL_TASKS.names()}")
+        if self.linear_probe.split not in ("stratified", "batch"):
+            raise ConfigError(f"linear_probe.split={self.linear_probe.split!r}; choose "
+                              "stratified or batch")
+        if self.embedding_quality.neighbors not in NEIGHBORS:
+            raise ConfigError(f"embedding_quality.neighbors={self.embedding_quality.neighbors!r};"
+                              f" choose one of {sorted(NEIGHBORS)}")
 
 
 def select_cells(adata: Any, *, exclude: dict[str, list[str]], max_cells: int, seed: int) -> Any:
@@ -115,6 +124,8 @@ def evaluate(cfg: EvalConfig, *, progress: bool = True) -> dict[str, Any]:
             "cells": int(adata.n_obs), "step": info.get("step"),
             "seconds": round(time.perf_counter() - t0, 1), **_versions()}
     write_report(out, results, meta)
+    if cfg.save_embeddings:
+        adata.write_h5ad(out / "embedded.h5ad")
     return {name: res.scores for name, res in results.items()}
 
 

@@ -31,6 +31,11 @@ class LinearProbeConfig:
     """Batch value held out as the test set when ``split=batch`` ("" = the last batch, sorted)."""
     max_iter: int = 1000
     C: float = 1.0
+    baselines: list[str] = field(default_factory=list)
+    """Also probe these baselines on the same split (``hvg``, ``pca``; see
+    :func:`add_baselines`). Empty by default: the in-training callback stays cheap."""
+    n_hvg: int = 2000
+    n_pcs: int = 50
 
 
 @dataclass
@@ -43,6 +48,9 @@ class EmbeddingQualityConfig:
     n_pcs: int = 50
     umap: bool = True
     """UMAPs of the model and baseline embeddings, coloured by label and by batch."""
+    neighbors: str = "pynndescent"
+    """kNN graph the metrics share: ``pynndescent`` (scib-metrics' default, approximate) or
+    ``exact`` (scikit-learn brute force: no Numba compilation, faster below ~10k cells)."""
 
 
 @dataclass
@@ -123,14 +131,25 @@ def fit_probe(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_te
 
 @EVAL_TASKS.register("linear_probe")
 def linear_probe(ctx: EvalContext, cfg: LinearProbeConfig) -> TaskResult:
-    """Predicts ``ctx.label_key`` from the embedding with logistic regression."""
+    """Predicts ``ctx.label_key`` from the embedding with logistic regression.
+
+    Scores are the model's; with ``cfg.baselines`` the table also holds each baseline's probe on
+    the same train/test cells (rows: ``scforge``, ``HVG``, ``PCA``).
+    """
     train, test = probe_split(ctx.adata.obs, cfg, label_key=ctx.label_key,
                               batch_key=ctx.batch_key, seed=ctx.seed)
-    x = np.asarray(ctx.adata.obsm[ctx.key], dtype=np.float32)
     y = ctx.adata.obs[ctx.label_key].astype(str).to_numpy()
-    scores = fit_probe(x[train], y[train], x[test], y[test], max_iter=cfg.max_iter, C=cfg.C,
-                       seed=ctx.seed)
-    return TaskResult(scores)
+    keys = {"scforge": ctx.key}
+    if cfg.baselines:
+        keys.update(add_baselines(ctx.adata, list(cfg.baselines), n_hvg=cfg.n_hvg,
+                                  n_pcs=cfg.n_pcs, batch_key=ctx.batch_key))
+    rows = {}
+    for name, key in keys.items():
+        x = np.asarray(ctx.adata.obsm[key], dtype=np.float32)
+        rows[name] = fit_probe(x[train], y[train], x[test], y[test], max_iter=cfg.max_iter,
+                               C=cfg.C, seed=ctx.seed)
+    table = pd.DataFrame(rows).T if cfg.baselines else None
+    return TaskResult(rows["scforge"], table=table)
 
 
 # ---------------------------------------------------------------------------- scib
@@ -139,15 +158,22 @@ def add_baselines(adata: Any, baselines: list[str], *, n_hvg: int, n_pcs: int,
     """Computes baseline embeddings from raw counts in ``X``; returns ``{name: obsm key}``.
 
     ``hvg``: log1p(counts / total * 1e4) of the ``n_hvg`` most variable genes (Seurat flavour,
-    batch-aware); ``pca``: its ``n_pcs``-component PCA.
+    batch-aware); ``pca``: its ``n_pcs``-component PCA. Computed once per AnnData and settings:
+    a second call (another task of the same run) reuses them.
     """
     import scanpy as sc
 
     unknown = sorted(set(baselines) - {"hvg", "pca"})
     if unknown:
-        raise ValueError(f"embedding_quality.baselines has {unknown}; choose from ['hvg', 'pca']")
+        raise ValueError(f"baselines has {unknown}; choose from ['hvg', 'pca']")
     if not baselines:
         return {}
+    names = {"hvg": ("HVG", "X_hvg"), "pca": ("PCA", "X_pca_hvg")}
+    stamp = {"n_hvg": int(n_hvg), "n_pcs": int(n_pcs), "batch_key": batch_key,
+             "n_obs": int(adata.n_obs)}
+    done = adata.uns.get("scforge_baselines", {})
+    if all(done.get(b) == stamp and names[b][1] in adata.obsm for b in baselines):
+        return {names[b][0]: names[b][1] for b in baselines}
     tmp = sc.AnnData(X=adata.X.copy(), obs=adata.obs[[batch_key]].copy())
     sc.pp.filter_genes(tmp, min_cells=1)
     sc.pp.normalize_total(tmp, target_sum=1e4)
@@ -165,18 +191,39 @@ def add_baselines(adata: Any, baselines: list[str], *, n_hvg: int, n_pcs: int,
         sc.pp.pca(hvg, n_comps=min(n_pcs, min(hvg.shape) - 1), random_state=0)
         adata.obsm["X_pca_hvg"] = np.asarray(hvg.obsm["X_pca"], np.float32)
         keys["PCA"] = "X_pca_hvg"
+    adata.uns["scforge_baselines"] = {**done, **{b: stamp for b in baselines}}
     return keys
 
 
+def exact_neighbors(x: np.ndarray, k: int) -> Any:
+    """Exact Euclidean kNN of every row (itself first, like scib's pynndescent wrapper), as
+    scib-metrics ``NeighborsResults``."""
+    from scib_metrics.nearest_neighbors import NeighborsResults
+    from sklearn.neighbors import NearestNeighbors
+
+    k = min(k, len(x))
+    dist, idx = NearestNeighbors(n_neighbors=k, algorithm="brute").fit(x).kneighbors(x)
+    return NeighborsResults(indices=idx, distances=dist)
+
+
+NEIGHBORS: dict[str, Callable[[np.ndarray, int], Any] | None] = {"pynndescent": None,
+                                                                 "exact": exact_neighbors}
+
+
 def scib_table(adata: Any, keys: list[str], *, label_key: str, batch_key: str,
-               pre_integrated: str | None) -> pd.DataFrame:
+               pre_integrated: str | None, neighbors: str = "pynndescent") -> pd.DataFrame:
     """scib-metrics ``Benchmarker`` with its default metrics; rows = embeddings (obsm keys),
-    columns = metrics and aggregates (unscaled)."""
+    columns = metrics and aggregates (unscaled). ``neighbors`` picks the kNN computer
+    (``pynndescent``: scib's default)."""
     from scib_metrics.benchmark import Benchmarker
 
+    if neighbors not in NEIGHBORS:
+        raise ValueError(f"embedding_quality.neighbors={neighbors!r}; choose one of "
+                         f"{sorted(NEIGHBORS)}")
     bm = Benchmarker(adata, batch_key=batch_key, label_key=label_key, embedding_obsm_keys=keys,
                      pre_integrated_embedding_obsm_key=pre_integrated, n_jobs=1,
                      progress_bar=False)
+    bm.prepare(neighbor_computer=NEIGHBORS[neighbors])
     bm.benchmark()
     df = bm.get_results(min_max_scale=False)
     df = df.drop(index="Metric Type", errors="ignore")
@@ -194,7 +241,7 @@ def embedding_quality(ctx: EvalContext, cfg: EmbeddingQualityConfig) -> TaskResu
     names = {ctx.key: "scforge", **{v: k for k, v in base.items()}}
     pre = base.get("PCA")
     table = scib_table(adata, list(names), label_key=ctx.label_key, batch_key=ctx.batch_key,
-                       pre_integrated=pre)
+                       pre_integrated=pre, neighbors=cfg.neighbors)
     table = table.rename(index=names)
     scores = {f"{c}": float(table.loc["scforge", c]) for c in table.columns}
     figures: list[str] = []

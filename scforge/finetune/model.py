@@ -16,7 +16,9 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 
 from scforge.contracts import Batch
+from scforge.models.layers import pool
 
+POOLINGS = ("model", "cls", "mean", "cls_mean")
 FORMAT = "scforge-finetuned"
 VERSION = 1
 WEIGHTS = "model.safetensors"
@@ -31,13 +33,19 @@ class FinetuneModel(nn.Module):
         n_outputs: classes (classification) or 1 (regression).
         hidden: width of a hidden layer in the head (0 = a linear head).
         dropout: dropout on the cell embedding.
+        pooling: cell embedding the head reads: ``model`` (the encoder's own ``encode``),
+            ``cls`` (position 0), ``mean`` (mean of real tokens) or ``cls_mean`` (both,
+            concatenated: the head sees the pretrained summary and every gene's state).
     """
 
     def __init__(self, encoder: nn.Module, n_outputs: int, *, hidden: int = 0,
-                 dropout: float = 0.1) -> None:
+                 dropout: float = 0.1, pooling: str = "model") -> None:
         super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling={pooling!r}; choose one of {list(POOLINGS)}")
         self.encoder = encoder
-        d = int(encoder.config.hidden_size)
+        self.pooling = pooling
+        d = int(encoder.config.hidden_size) * (2 if pooling == "cls_mean" else 1)
         layers: list[nn.Module] = [nn.Dropout(dropout)]
         if hidden > 0:
             layers += [nn.Linear(d, hidden), nn.GELU(), nn.Dropout(dropout)]
@@ -50,8 +58,17 @@ class FinetuneModel(nn.Module):
     def config(self) -> Any:
         return self.encoder.config
 
+    def embed(self, batch: Batch) -> torch.Tensor:
+        """The pooled cell embedding [B, D] (or [B, 2D] for ``cls_mean``) fed to the head."""
+        if self.pooling == "model":
+            return self.encoder.encode(batch)
+        hidden, keys = self.encoder.encode_tokens(batch)
+        if self.pooling == "cls_mean":
+            return torch.cat([pool(hidden, keys, "cls"), pool(hidden, keys, "mean")], dim=-1)
+        return pool(hidden, keys, self.pooling)
+
     def forward(self, batch: Batch) -> torch.Tensor:
-        out = self.head(self.encoder.encode(batch))
+        out = self.head(self.embed(batch))
         return out.squeeze(-1) if self.n_outputs == 1 else out
 
 
@@ -98,6 +115,6 @@ def load_finetuned(path: str | Path, *, device: str | torch.device = "cpu"
                          f"this scforge reads {FORMAT!r} v{VERSION}")
     encoder = get_model(ModelConfig(**meta["pretrained"]["model"]))
     model = FinetuneModel(encoder, int(meta["n_outputs"]), hidden=int(meta["head_hidden"]),
-                          dropout=0.0)
+                          dropout=0.0, pooling=str(meta.get("pooling", "model")))
     load_model(model, str(Path(path) / WEIGHTS), strict=True, device=str(device))
     return model.to(device).eval(), meta

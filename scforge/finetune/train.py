@@ -33,6 +33,7 @@ from scforge.eval.tokenize import (
 )
 from scforge.finetune.lora import apply_lora, lora_parameters, merge_lora
 from scforge.finetune.model import (
+    POOLINGS,
     FinetuneModel,
     encoder_units,
     load_finetuned,
@@ -71,15 +72,19 @@ class FinetuneConfig:
     """Truncation length; 0 = what the checkpoint was trained with."""
     head_hidden: int = 0
     head_dropout: float = 0.1
+    pooling: str = "model"
+    """Cell embedding the head reads: ``model`` (the encoder's pooling), ``cls``, ``mean`` or
+    ``cls_mean`` (both concatenated)."""
     lr: float = 3e-3
     """Head learning rate."""
     encoder_lr: float = 1e-3
     """Learning rate of the top encoder group; lower groups get ``encoder_lr * layer_decay^k``."""
-    layer_decay: float = 0.8
+    layer_decay: float = 0.9
     weight_decay: float = 0.01
     warmup_fraction: float = 0.1
-    unfreeze_every: int = 1
-    """Gradual unfreezing: one more group from the top every this many epochs (0 = all at once)."""
+    unfreeze_every: int = 0
+    """Gradual unfreezing: one more group from the top every this many epochs (0 = all at once).
+    With few epochs it starves the gene embedding, which matters most for small encoders."""
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     seed: int = 0
     device: str = "auto"
@@ -93,6 +98,8 @@ class FinetuneConfig:
             raise ConfigError(f"task={self.task!r}; choose classification or regression")
         if not 0 < self.layer_decay <= 1:
             raise ConfigError(f"layer_decay={self.layer_decay} must be in (0, 1]")
+        if self.pooling not in POOLINGS:
+            raise ConfigError(f"pooling={self.pooling!r}; choose one of {list(POOLINGS)}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ConfigError("epochs and batch_size must be >= 1")
 
@@ -206,7 +213,7 @@ def finetune(cfg: FinetuneConfig, adata: Any | None = None) -> dict[str, Any]:
 
     encoder = load_pretrained(cfg.checkpoint, device="cpu")
     model = FinetuneModel(encoder, len(classes) if classes else 1, hidden=cfg.head_hidden,
-                          dropout=cfg.head_dropout)
+                          dropout=cfg.head_dropout, pooling=cfg.pooling)
     adapted = (apply_lora(encoder, targets=list(cfg.lora.targets), rank=cfg.lora.rank,
                           alpha=cfg.lora.alpha, dropout=cfg.lora.dropout)
                if cfg.lora.enabled else [])
@@ -254,7 +261,8 @@ def finetune(cfg: FinetuneConfig, adata: Any | None = None) -> dict[str, Any]:
     merge_lora(model)
     meta = {"pretrained": info, "task": cfg.task, "label_key": cfg.label_key,
             "classes": classes, "target_scale": list(scale), "n_outputs": model.n_outputs,
-            "head_hidden": cfg.head_hidden, "max_len": pad["max_len"], "lora": adapted,
+            "head_hidden": cfg.head_hidden, "pooling": cfg.pooling, "max_len": pad["max_len"],
+            "lora": adapted,
             "config": dataclasses.asdict(cfg), "history": history}
     out = save_finetuned(model, cfg.out_dir, meta)
     return {"out": str(out), "history": history, "lora": adapted,
