@@ -2,9 +2,11 @@
 
 Shape legend: B = batch, L = sequence length, D = width, H = heads, Dh = D / H.
 
-Attention goes through ``F.scaled_dot_product_attention`` so PyTorch picks the fastest kernel the
-mask allows (flash / memory-efficient on GPU, fused on CPU). Masks are boolean with True meaning
-"may attend", and are built once per forward by :func:`attention_mask` rather than per block.
+Attention goes through :func:`scforge.models.attention.attention`: SDPA (PyTorch picks the
+fastest kernel the mask allows: flash / memory-efficient on GPU, flash on CPU), except CPU
+training with attention dropout, which SDPA could only run on its slow math path. Masks are
+boolean with True meaning "may attend", built once per forward by :func:`attention_mask` rather
+than per block, and left out (None) when every row is full.
 """
 
 from __future__ import annotations
@@ -12,10 +14,10 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from scforge.models.attention import attention
 from scforge.models.config import ModelConfig
 
 
@@ -137,9 +139,7 @@ class SelfAttention(nn.Module):
         b, length, d = x.shape
         qkv = self.qkv(x).view(b, length, 3, self.heads, d // self.heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x [B, H, L, Dh]
-        o = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
-        )
+        o = attention(q, k, v, mask, dropout_p=self.dropout, training=self.training)
         return self.out(o.transpose(1, 2).reshape(b, length, d))
 
 
@@ -184,7 +184,9 @@ class TransformerStack(nn.Module):
 
     def forward(self, x: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
         """Runs the stack over ``x`` [B, L, D] with ``key_mask`` bool [B, L]."""
-        mask = attention_mask(key_mask, causal=self.causal)
+        # Full rows need no mask at all (one host sync): fused kernels skip the mask read.
+        full = not self.causal and bool(key_mask.all())
+        mask = None if full else attention_mask(key_mask, causal=self.causal)
         ckpt = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for block in self.blocks:
             x = checkpoint(block, x, mask, use_reentrant=False) if ckpt else block(x, mask)
