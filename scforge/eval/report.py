@@ -23,13 +23,14 @@ def plot_scores(table: pd.DataFrame, path: Path) -> str:
     """Grouped bar chart: one group per metric, one bar per embedding."""
     plt = _plt()
     cols = list(table.columns)
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.7 * len(cols) * len(table)), 4))
+    fig, ax = plt.subplots(figsize=(min(16.0, max(6.0, 0.35 * len(cols) * len(table) + 2)), 4))
     width = 0.8 / max(1, len(table))
     x = np.arange(len(cols))
     for i, (name, row) in enumerate(table.iterrows()):
         ax.bar(x + i * width, row.to_numpy(dtype=float), width, label=str(name))
     ax.set_xticks(x + 0.4 - width / 2, cols, rotation=45, ha="right", fontsize=8)
-    ax.set_ylabel("score")
+    ax.set_ylabel("score (unscaled)")
+    ax.set_ylim(0, 1.05)
     ax.legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -50,7 +51,7 @@ def plot_umaps(adata: Any, keys: dict[str, str], colours: list[str], path: Path,
                seed: int = 0) -> str:
     """Grid of UMAPs: a row per embedding (``{title: obsm key}``), a column per obs colour."""
     plt = _plt()
-    fig, axes = plt.subplots(len(keys), len(colours), figsize=(5 * len(colours), 4 * len(keys)),
+    fig, axes = plt.subplots(len(keys), len(colours), figsize=(6 * len(colours), 4 * len(keys)),
                              squeeze=False)
     for r, (title, key) in enumerate(keys.items()):
         xy = umap_coords(np.asarray(adata.obsm[key], np.float32), seed=seed)
@@ -63,8 +64,9 @@ def plot_umaps(adata: Any, keys: dict[str, str], colours: list[str], path: Path,
             ax.set_title(f"{title}: {col}", fontsize=9)
             ax.set_xticks([])
             ax.set_yticks([])
-            if r == 0:
-                ax.legend(markerscale=4, fontsize=6, loc="best")
+            if r == 0:  # one legend per colour column, outside the scatter
+                ax.legend(markerscale=4, fontsize=6, loc="upper left", bbox_to_anchor=(1.0, 1.0),
+                          frameon=False)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

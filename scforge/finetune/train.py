@@ -31,7 +31,13 @@ from scforge.eval.tokenize import (
     seq_len_of,
     tokenize_adata,
 )
-from scforge.finetune.lora import apply_lora, lora_parameters, merge_lora
+from scforge.finetune.lora import (
+    BACKENDS,
+    apply_lora,
+    lora_parameters,
+    merge_lora,
+    resolve_backend,
+)
 from scforge.finetune.model import (
     POOLINGS,
     FinetuneModel,
@@ -50,6 +56,9 @@ class LoRAConfig:
     dropout: float = 0.0
     targets: list[str] = field(default_factory=lambda: ["qkv", "out"])
     """Attribute names of the nn.Linear layers to adapt (attention: ``qkv``, ``out``)."""
+    backend: str = "auto"
+    """``peft`` (Hugging Face PEFT), ``builtin`` (scforge's LoRALinear) or ``auto`` (peft when
+    installed). Saved models have the adapters merged either way."""
 
 
 @dataclass
@@ -98,6 +107,9 @@ class FinetuneConfig:
             raise ConfigError(f"task={self.task!r}; choose classification or regression")
         if not 0 < self.layer_decay <= 1:
             raise ConfigError(f"layer_decay={self.layer_decay} must be in (0, 1]")
+        if self.lora.backend not in BACKENDS:
+            raise ConfigError(f"lora.backend={self.lora.backend!r}; choose one of "
+                              f"{list(BACKENDS)}")
         if self.pooling not in POOLINGS:
             raise ConfigError(f"pooling={self.pooling!r}; choose one of {list(POOLINGS)}")
         if self.epochs < 1 or self.batch_size < 1:
@@ -214,8 +226,9 @@ def finetune(cfg: FinetuneConfig, adata: Any | None = None) -> dict[str, Any]:
     encoder = load_pretrained(cfg.checkpoint, device="cpu")
     model = FinetuneModel(encoder, len(classes) if classes else 1, hidden=cfg.head_hidden,
                           dropout=cfg.head_dropout, pooling=cfg.pooling)
+    backend = resolve_backend(cfg.lora.backend) if cfg.lora.enabled else ""
     adapted = (apply_lora(encoder, targets=list(cfg.lora.targets), rank=cfg.lora.rank,
-                          alpha=cfg.lora.alpha, dropout=cfg.lora.dropout)
+                          alpha=cfg.lora.alpha, dropout=cfg.lora.dropout, backend=backend)
                if cfg.lora.enabled else [])
     model.to(dev)
     opt = torch.optim.AdamW(param_groups(model, cfg), betas=(0.9, 0.98))
@@ -262,7 +275,7 @@ def finetune(cfg: FinetuneConfig, adata: Any | None = None) -> dict[str, Any]:
     meta = {"pretrained": info, "task": cfg.task, "label_key": cfg.label_key,
             "classes": classes, "target_scale": list(scale), "n_outputs": model.n_outputs,
             "head_hidden": cfg.head_hidden, "pooling": cfg.pooling, "max_len": pad["max_len"],
-            "lora": adapted,
+            "lora": adapted, "lora_backend": backend,
             "config": dataclasses.asdict(cfg), "history": history}
     out = save_finetuned(model, cfg.out_dir, meta)
     return {"out": str(out), "history": history, "lora": adapted,

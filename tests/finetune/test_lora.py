@@ -19,10 +19,12 @@ def _batch(vocab: int = 20275):
     return pad_batch(cells, None, max_len=64, pad_id=0, eos_id=3)
 
 
-def test_lora_trains_only_adapters(debug_export):
+@pytest.mark.parametrize("backend", ["peft", "builtin"])
+def test_lora_trains_only_adapters(debug_export, backend):
     torch.manual_seed(0)
     model = FinetuneModel(load_pretrained(debug_export), 3, dropout=0.0)
-    names = apply_lora(model.encoder, targets=["qkv", "out"], rank=4, alpha=8)
+    n_base = sum(p.numel() for p in model.parameters())
+    names = apply_lora(model.encoder, targets=["qkv", "out"], rank=4, alpha=8, backend=backend)
     assert len(names) == 2 * model.config.num_layers
     n = set_trainable(model, 99, lora=True)
     trainable = {k for k, p in model.named_parameters() if p.requires_grad}
@@ -41,15 +43,29 @@ def test_lora_trains_only_adapters(debug_export):
         opt.step()
     changed = {k for k, p in model.named_parameters() if not torch.equal(p, before[k])}
     assert changed and changed <= trainable
-    assert any("lora_b" in k for k in changed)  # B left zero: adapters really moved
+    assert any("lora_b" in k.lower() for k in changed)  # B left zero: adapters really moved
+    # rank 4 on every qkv (40 -> 120) and out (40 -> 40) projection: 4*(40+120) + 4*(40+40)
+    assert sum(p.numel() for p in lora_parameters(model)) == model.config.num_layers * 960
     model.eval()
     with torch.no_grad():
         adapted = model(batch)
         assert not torch.allclose(adapted, out0)
         assert merge_lora(model) == len(names)
         torch.testing.assert_close(model(batch), adapted, rtol=1e-5, atol=1e-5)
+    assert not lora_parameters(model)  # merged back into plain Linear layers
+    assert sum(p.numel() for p in model.parameters()) == n_base
 
 
-def test_lora_unknown_target(debug_export):
+@pytest.mark.parametrize("backend", ["peft", "builtin"])
+def test_lora_unknown_target(debug_export, backend):
     with pytest.raises(ValueError, match="available names"):
-        apply_lora(load_pretrained(debug_export), targets=["nope"], rank=2, alpha=2)
+        apply_lora(load_pretrained(debug_export), targets=["nope"], rank=2, alpha=2,
+                   backend=backend)
+
+
+def test_lora_backend_validated():
+    from scforge.config.loader import ConfigError, load_config
+    from scforge.finetune import FinetuneConfig
+
+    with pytest.raises(ConfigError, match="lora.backend"):
+        load_config(FinetuneConfig, [], ["lora.backend=nope"])
