@@ -16,6 +16,8 @@ server that has already imported torch, so startup stays cheap. Workers are crea
 from __future__ import annotations
 
 import multiprocessing
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -38,8 +40,10 @@ class StatefulLoader:
             OpenMP/Numba-parallel code ran in this process).
         prefetch_factor: batches each worker prepares ahead.
         pin_memory: pin batches for faster host-to-GPU copies.
-        timeout: seconds to wait for one batch before raising (0 = forever); dead workers are
-            detected regardless, and worker exceptions are re-raised here.
+        timeout: seconds the trainer may wait for one batch before the workers are stopped
+            and an error raised (0 = wait forever; the trainer's own time between batches
+            never counts). Regardless of it, a worker that dies (killed, out of memory,
+            crashed) is reported within ~5 s, and worker exceptions are re-raised here at once.
         transfer_batches: batches a worker sends per message, carved from one shared-memory
             segment. Handing a segment to the main process costs ~0.5 ms of main-process CPU
             here whatever its size, more than building a batch of 64 cells; grouping amortises
@@ -70,6 +74,7 @@ class StatefulLoader:
         self.timeout = timeout
         self.transfer_batches = transfer_batches
         stream.transfer = transfer_batches
+        self._it: Any = None
 
     def __len__(self) -> int:
         """Batches per epoch (equal on every rank)."""
@@ -108,28 +113,108 @@ class StatefulLoader:
             return
         epoch = stream.epoch
         stream._begin(self.num_workers)
+        # timeout=0 here: torch then polls every 5 s and notices dead workers (its SIGCHLD
+        # handler cannot: forkserver workers are not this process's children); with a
+        # positive timeout it would only look when that timeout expires. Stuck-but-alive
+        # workers are this class's watchdog's job.
         loader = DataLoader(stream, batch_size=None, num_workers=self.num_workers,
                             multiprocessing_context=self._context(),
                             prefetch_factor=self.prefetch_factor, pin_memory=self.pin_memory,
-                            timeout=self.timeout, persistent_workers=False, in_order=True)
+                            timeout=0, persistent_workers=False, in_order=True)
         it = iter(loader)
+        self._it = it
+        watch = _Watchdog(it, self.timeout) if self.timeout > 0 else None
         try:
-            for item in it:
+            while True:
+                if watch is not None:
+                    watch.since = time.monotonic()
+                try:
+                    item = next(it)
+                except StopIteration:
+                    break
+                finally:
+                    if watch is not None:
+                        watch.since = None
                 for batch in item.batches if isinstance(item, StreamGroup) else [item]:
                     if batch.info is None:
                         raise RuntimeError("a batch arrived without its BatchInfo; was the "
                                            "stream wrapped by another dataset?")
                     stream.record(batch.info)
                     yield batch
-        except Exception:
+        except Exception as e:
+            dead = _dead_workers(it, wait=5.0 if isinstance(e, (EOFError, OSError)) else 0.0)
             _stop_workers(it)
+            if isinstance(e, (EOFError, OSError)) and dead:
+                # A batch whose worker died before the main process fetched its shared memory.
+                raise RuntimeError(f"DataLoader worker (pid(s) {dead}) exited unexpectedly "
+                                   f"while handing over a batch ({type(e).__name__})") from e
+            if watch is not None and watch.fired:
+                raise RuntimeError(
+                    f"DataLoader timed out: no batch from the {self.num_workers} loader workers "
+                    f"within timeout={self.timeout} s although they were alive (stuck reading "
+                    "shards?); they were stopped. Raise StatefulLoader(timeout=...) for very "
+                    "slow storage") from e
             raise
         finally:
+            if watch is not None:
+                watch.stop()
+            self._it = None
             del it
             forget_mapped()
         if stream.epoch == epoch:
             raise RuntimeError(f"the DataLoader ended epoch {epoch} after {stream.delivered} of "
                                f"{stream.batches_per_epoch} batches; a worker stopped early")
+
+    @property
+    def worker_pids(self) -> list[int]:
+        """Process ids of the current epoch's workers (empty when none are running)."""
+        it = self._it
+        return [w.pid for w in getattr(it, "_workers", []) if w.pid is not None]
+
+
+class _Watchdog:
+    """Kills the workers when the trainer has waited ``timeout`` seconds for one item.
+
+    Only time spent inside ``next()`` counts (``since`` is set around it), never the trainer's
+    own steps. Killed workers are then reported by the DataLoader's liveness check within
+    ~5 s, and :class:`StatefulLoader` turns that into a timeout error.
+    """
+
+    def __init__(self, it: Any, timeout: float) -> None:
+        self.since: float | None = None
+        self.fired = False
+        self._it = it
+        self._timeout = timeout
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="scforge-loader-watchdog",
+                                        daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stopped.wait(min(1.0, self._timeout / 4)):
+            since = self.since
+            if since is not None and time.monotonic() - since > self._timeout:
+                self.fired = True
+                for w in getattr(self._it, "_workers", []):
+                    if w.is_alive():
+                        w.kill()
+                return
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._thread.join()
+        self._it = None
+
+
+def _dead_workers(it: Any, *, wait: float) -> list[int]:
+    """Pids of the iterator's workers that died, waiting up to ``wait`` s for a death to show
+    (a worker killed a moment ago can still look alive)."""
+    deadline = time.monotonic() + wait
+    while True:
+        dead = [w.pid for w in getattr(it, "_workers", []) if not w.is_alive()]
+        if dead or time.monotonic() >= deadline:
+            return dead
+        time.sleep(0.05)
 
 
 def _stop_workers(it: Any) -> None:

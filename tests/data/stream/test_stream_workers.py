@@ -1,0 +1,62 @@
+"""Real worker processes: pinned memory on CPU, dead and stuck workers never hang the trainer."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+import warnings
+
+import pytest
+from _stream_util import assert_same, cfg
+
+from scforge.data.stream import ShardStream, StatefulLoader
+
+
+def _loader(shards, **kw) -> StatefulLoader:
+    # Small batches, one per message: many messages, so a worker is mid-epoch when hit.
+    return StatefulLoader(ShardStream(shards, cfg(batch_size=8)), num_workers=2,
+                          prefetch_factor=2, transfer_batches=1, **kw)
+
+
+def test_pin_memory_on_cpu_delivers_the_same_batches(cb_shards):
+    plain = list(_loader(cb_shards))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch: "no accelerator is found" (pinning is a no-op)
+        pinned = list(_loader(cb_shards, pin_memory=True))
+    assert_same(pinned, plain)
+
+
+@pytest.mark.parametrize("how", ["killed", "stuck"])
+def test_dead_or_stuck_worker_raises_instead_of_hanging(cb_shards, how):
+    loader = _loader(cb_shards, timeout=3 if how == "stuck" else 600)
+    it = iter(loader)
+    next(it)
+    pids = loader.worker_pids
+    assert len(pids) == 2
+    t0 = time.monotonic()
+    os.kill(pids[0], signal.SIGKILL if how == "killed" else signal.SIGSTOP)
+    try:
+        match = "exited unexpectedly" if how == "killed" else "timed out"
+        with pytest.raises(RuntimeError, match=match):
+            for _ in it:
+                pass
+    finally:
+        for pid in pids:  # never leave a stopped process behind
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    # Liveness, not speed: torch alone would wait for `timeout` (600 s) or forever.
+    assert time.monotonic() - t0 < 60
+    assert loader.worker_pids == []
+
+
+def test_trainer_time_between_batches_does_not_count_as_a_timeout(cb_shards):
+    next(iter(_loader(cb_shards)))  # start the forkserver: its start-up is not the point here
+    loader = StatefulLoader(ShardStream(cb_shards, cfg()), num_workers=2, timeout=2)
+    n = 0
+    for _ in loader:
+        n += 1
+        if n <= 2:
+            time.sleep(3)  # a slow training step (longer than the timeout)
+    assert n == len(loader)
