@@ -42,7 +42,11 @@ def outputs(tmp_path_factory, cellbench_path) -> tuple[Path, Path]:
 def short(tmp_path_factory, cellbench_path) -> dict[str, Path]:
     """Cells of 6,000 tokens at most (some shorter, some cut) as tar shards, a ragged store and
     a dense store."""
+    import anndata as ad
+
     root = tmp_path_factory.mktemp("dense")
+    inp = root / "cellbench_first400.h5ad"
+    ad.read_h5ad(cellbench_path)[:400].copy().write_h5ad(inp)
     out = {}
     for name, extra in (
         ("tar", []),
@@ -50,8 +54,9 @@ def short(tmp_path_factory, cellbench_path) -> dict[str, Path]:
         ("dense", ["shard.format=zarr", "store.layout=dense"]),
     ):
         cfg = _cfg("tokenizer.max_length=6000", *extra)
-        ShardJob([str(cellbench_path)], root / name, cfg, progress=False).run()
+        ShardJob([str(inp)], root / name, cfg, progress=False).run()
         out[name] = root / name
+    out["input"] = inp
     return out
 
 
@@ -115,7 +120,7 @@ def test_ragged_get_padded_equals_dense(short):
     ragged = TokenStore(short["ragged"], backend="zarr")
     dense = TokenStore(short["dense"])
     assert len(ragged) == len(dense)
-    idx = np.random.default_rng(2).permutation(len(dense))[:100]
+    idx = np.random.default_rng(2).permutation(len(dense))
     a = ragged.get_padded(idx, width=6000)
     b = dense.get_padded(idx)
     assert (a["lengths"] < 6000).any()
@@ -187,11 +192,11 @@ def test_store_resume_rewrites_only_missing_units(tmp_path, cellbench_path, outp
     assert load_store_manifest(out)["shards"] == load_store_manifest(ref_dir)["shards"]
 
 
-def test_other_layout_into_the_same_directory_is_refused(short, cellbench_path):
+def test_other_layout_into_the_same_directory_is_refused(short):
     from scforge.data.shard import ShardError
 
     before = sorted(p.name for p in short["ragged"].iterdir())
-    cfg = _cfg("tokenizer.max_length=1200", "shard.format=zarr", "store.layout=dense")
+    cfg = _cfg("tokenizer.max_length=6000", "shard.format=zarr", "store.layout=dense")
     with pytest.raises(ShardError, match="store_layout"):
-        ShardJob([str(cellbench_path)], short["ragged"], cfg, progress=False).run()
+        ShardJob([str(short["input"])], short["ragged"], cfg, progress=False).run()
     assert sorted(p.name for p in short["ragged"].iterdir()) == before
