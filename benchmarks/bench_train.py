@@ -1,7 +1,8 @@
 """Training throughput on CPU: scforge's encoder vs Hugging Face ``BertForMaskedLM``.
 
-    python -m benchmarks.bench_train                      # debug + small, ~4-5 min on 2 cores
-    python -m benchmarks.bench_train --sizes debug --steps 3
+    python -m benchmarks.bench_train                      # debug + small, ~10 min on 2 cores
+    python -m benchmarks.bench_train --quick --out DIR    # debug, 1,024 tokens, <= ~2 min
+    python -m benchmarks.bench_train --sizes debug --steps 3 --no-bf16
     python -m benchmarks.bench_train --sizes debug,small,base --hf-compile
 
 What is compared, in one process on identical batches:
@@ -19,7 +20,10 @@ What is compared, in one process on identical batches:
    DeepSpeed with the loader on pbmc shards, bucketing on; start-up time and the JSONL metrics.
 
 Throughputs are per 2-core machine and noisy (the machine is shared): compare the ratios, which
-are taken in the same run. Results go to ``benchmarks/results/train_<date>_<cores>core.{json,md}``.
+are taken in the same run, and the 1-minute load average at start and end is recorded. Results
+go to ``<--out, default benchmarks/results>/train_<date>_<cores>core.{json,md}``; the JSON has
+``machine``, ``versions`` and ``rows`` (one per size x variant with tokens/s and the ratio to HF
+eager at that size).
 """
 
 from __future__ import annotations
@@ -97,17 +101,22 @@ def models(preset: str, length: int, seed: int = 0):
     return ours, hf, sizes
 
 
-def make_step(model, *, hf: bool):
+def make_step(model, *, hf: bool, bf16: bool = False):
     """A closure running one training step (fwd + bwd + clip + AdamW) on a batch."""
+    import contextlib
+
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
     def step(b) -> None:
-        if hf:
-            out = model(input_ids=b.input_ids, attention_mask=b.attention_mask.long(),
-                        labels=b.labels)
-        else:
-            out = model(b)
+        ctx = (torch.autocast("cpu", dtype=torch.bfloat16) if bf16
+               else contextlib.nullcontext())
+        with ctx:
+            if hf:
+                out = model(input_ids=b.input_ids, attention_mask=b.attention_mask.long(),
+                            labels=b.labels)
+            else:
+                out = model(b)
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -116,7 +125,8 @@ def make_step(model, *, hf: bool):
     return step
 
 
-def bench_size(size: str, batches: list, *, rounds: int, hf_compile: bool) -> dict:
+def bench_size(size: str, batches: list, *, rounds: int, hf_compile: bool, compile_: bool,
+               bf16: bool) -> dict:
     """Interleaved timing of every variant of one size.
 
     The machine is shared, so load changes during a run. Each round runs one step of every
@@ -125,16 +135,23 @@ def bench_size(size: str, batches: list, *, rounds: int, hf_compile: bool) -> di
     """
     from scforge.training.compile import compile_blocks
 
-    ours, hf, sizes = models(size, batches[0].input_ids.shape[1])
-    ours_c, hf_c, _ = models(size, batches[0].input_ids.shape[1])
-    compile_blocks(ours_c)
+    length = batches[0].input_ids.shape[1]
+    ours, hf, sizes = models(size, length)
     variants = {"hf_eager": (make_step(hf, hf=True), 1),
-                "scforge_eager": (make_step(ours, hf=False), 1),
-                "scforge_compile": (make_step(ours_c, hf=False), 2)}
-    if hf_compile:
-        for layer in hf_c.bert.encoder.layer:
-            layer.compile()
-        variants["hf_compile"] = (make_step(hf_c, hf=True), 2)
+                "scforge_eager": (make_step(ours, hf=False), 1)}
+    if compile_ or hf_compile:
+        ours_c, hf_c, _ = models(size, length)
+        if compile_:
+            compile_blocks(ours_c)
+            variants["scforge_compile"] = (make_step(ours_c, hf=False), 2)
+        if hf_compile:
+            for layer in hf_c.bert.encoder.layer:
+                layer.compile()
+            variants["hf_compile"] = (make_step(hf_c, hf=True), 2)
+    if bf16:  # own copies: AdamW state must not be shared with the fp32 variants
+        ours_b, hf_b, _ = models(size, length)
+        variants["hf_bf16"] = (make_step(hf_b, hf=True, bf16=True), 1)
+        variants["scforge_bf16"] = (make_step(ours_b, hf=False, bf16=True), 1)
     warm = max(w for _, w in variants.values())
     out: dict = {"config": sizes}
     for name, (step, w) in variants.items():
@@ -154,10 +171,34 @@ def bench_size(size: str, batches: list, *, rounds: int, hf_compile: bool) -> di
     for name in names:
         times = out[name]["times"]
         sec = statistics.median(times)
+        ratio = statistics.median(h / t for h, t in zip(base, times, strict=True))
         out[name].update(s_per_step=sec, tokens_per_s=tokens / sec, cells_per_s=cells / sec,
-                         vs_hf_eager=statistics.median(h / t for h, t in zip(base, times, strict=False)),
-                         steps=len(times))
+                         vs_hf_eager=ratio, steps=len(times))
+    if "hf_bf16" in out:  # the bf16 pair against each other as well
+        out["scforge_bf16"]["vs_hf_bf16"] = statistics.median(
+            h / t for h, t in zip(out["hf_bf16"]["times"], out["scforge_bf16"]["times"],
+                                  strict=True))
     return out
+
+
+VARIANTS = ("hf_eager", "hf_compile", "hf_bf16", "scforge_eager", "scforge_compile",
+            "scforge_bf16")
+
+
+def result_rows(res: dict) -> list[dict]:
+    """One flat row per size x variant (what a suite runner reads)."""
+    rows = []
+    for size, r in res["sizes"].items():
+        for name in VARIANTS:
+            if name in r:
+                x = r[name]
+                rows.append({"size": size, "variant": name, "tokens_per_s": x["tokens_per_s"],
+                             "cells_per_s": x["cells_per_s"], "s_per_step": x["s_per_step"],
+                             "vs_hf_eager": x["vs_hf_eager"],
+                             **({"vs_hf_bf16": x["vs_hf_bf16"]} if "vs_hf_bf16" in x else {}),
+                             "params": r["config"]["params_scforge" if name.startswith("scforge")
+                                                   else "params_hf"]})
+    return rows
 
 
 def padding(shards: Path, batch: int, length: int) -> dict:
@@ -208,19 +249,24 @@ def markdown(res: dict) -> str:
              f"Batches: {res['batch']} x {res['length']} rank-value tokens (cellbench, rows full), "
              f"15% masked, fp32, dropout {DROPOUT}; {res['steps']} interleaved rounds after "
              "warm-up (each round: one step of every variant on the same batch); s/step is the "
-             "median, ratio = median over rounds of HF-eager time / variant time.", "",
+             "median, ratio = median over rounds of HF-eager time / variant time. bf16 rows: "
+             "CPU autocast around the forward of both models (fp32 weights); the ratio in "
+             "brackets is against HF bf16.", "",
+             f"Load average (1 min): {res['load_avg_start']:.2f} at start, "
+             f"{res['load_avg_end']:.2f} at end (the machine is shared).", "",
              "| size | layers x d (heads, ffn) | params (ours / HF) | model | s/step | tokens/s "
              "| cells/s | vs HF eager |", "|---|---|---|---|---|---|---|---|"]
     for size, r in res["sizes"].items():
         s = r["config"]
-        for name in ("hf_eager", "hf_compile", "scforge_eager", "scforge_compile"):
+        for name in VARIANTS:
             if name not in r:
                 continue
             x = r[name]
+            vs_bf16 = f" ({x['vs_hf_bf16']:.2f}x)" if "vs_hf_bf16" in x else ""
             lines.append(f"| {size} | {s['layers']} x {s['hidden']} ({s['heads']}, {s['ffn']}) | "
                          f"{s['params_scforge'] / 1e6:.2f}M / {s['params_hf'] / 1e6:.2f}M | {name} "
                          f"| {x['s_per_step']:.3f} | {x['tokens_per_s']:,.0f} | "
-                         f"{x['cells_per_s']:.2f} | {x['vs_hf_eager']:.2f}x |")
+                         f"{x['cells_per_s']:.2f} | {x['vs_hf_eager']:.2f}x{vs_bf16} |")
     p = res["padding"]
     lines += ["", f"Padding of real pbmc cells (batch {res['pad_batch']}, max {res['length']} "
               f"tokens, one epoch): {p['no_bucketing']:.1%} without bucketing, "
@@ -242,29 +288,49 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--length", type=int, default=2048)
     ap.add_argument("--steps", type=int, default=3, help="timed rounds (steps per model)")
     ap.add_argument("--hf-compile", action="store_true", help="also time HF with compile")
+    ap.add_argument("--no-compile", action="store_true", help="skip scforge torch.compile")
+    ap.add_argument("--no-bf16", action="store_true", help="skip the bf16 autocast pair")
     ap.add_argument("--trainer", default="debug", help="presets to run end to end ('' = none)")
+    ap.add_argument("--trainer-steps", type=int, default=8)
+    ap.add_argument("--quick", action="store_true",
+                    help="<= ~2 min: debug only, 1,024 tokens, 2 rounds, no compile/bf16, "
+                         "4 trainer steps")
+    ap.add_argument("--out", default=None, help="results directory (default benchmarks/results)")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args(argv)
+    if args.quick:
+        args.sizes, args.length, args.steps = "debug", 1024, 2
+        args.no_compile, args.no_bf16, args.hf_compile = True, True, False
+        args.trainer_steps = 4
     import transformers
+
+    load_start = os.getloadavg()[0]
 
     torch.manual_seed(0)
     cb = make_shards(SHARED / "cellbench_5batch.h5ad", DATA / f"cb_{args.length}", args.length)
     pbmc = make_shards(SHARED / "pbmc_2batch.h5ad", DATA / f"pbmc_{args.length}", args.length)
     batches = fixed_batches(cb, args.batch, args.length, 2 + min(args.steps, 4))
-    res: dict = {"machine": machine(), "transformers": transformers.__version__,
+    mach = machine()
+    res: dict = {"machine": mach, "versions": {**mach.get("versions", {}),
+                                              "transformers": transformers.__version__},
+                 "transformers": transformers.__version__, "quick": args.quick,
+                 "load_avg_start": load_start,
                  "batch": args.batch, "length": args.length, "steps": args.steps,
                  "threads": torch.get_num_threads(), "sizes": {}, "pad_batch": 8}
     for size in [s for s in args.sizes.split(",") if s]:
-        r = bench_size(size, batches, rounds=args.steps, hf_compile=args.hf_compile)
+        r = bench_size(size, batches, rounds=args.steps, hf_compile=args.hf_compile,
+                       compile_=not args.no_compile, bf16=not args.no_bf16)
         res["sizes"][size] = r
         print(json.dumps({size: r}, default=float), flush=True)
     res["padding"] = padding(pbmc, res["pad_batch"], args.length)
-    res["trainer"] = {s: trainer_run(pbmc, s, 8, res["pad_batch"], args.length)
+    res["trainer"] = {s: trainer_run(pbmc, s, args.trainer_steps, res["pad_batch"], args.length)
                       for s in args.trainer.split(",") if s}
+    res["rows"] = result_rows(res)
+    res["load_avg_end"] = os.getloadavg()[0]
     md = markdown(res)
     print(md)
     if not args.no_write:
-        js, mdp = write_results("train", res, md)
+        js, mdp = write_results("train", res, md, args.out)
         print(f"wrote {js} and {mdp}")
     return 0
 

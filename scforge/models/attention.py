@@ -137,6 +137,7 @@ class _DropoutAttention(torch.autograd.Function):
             drop = draw_drop_mask((b, h, length, keys), p)
         keep_scale = 1.0 / (1.0 - p)
         qs = q * scale
+        k, v = k.contiguous(), v.contiguous()  # small; strided head views would be copied per chunk
         probs = torch.empty((b, h, length, keys), dtype=q.dtype, device=q.device)
         out = torch.empty((b, h, length, dh), dtype=q.dtype, device=q.device)
         exact = q.dtype in (torch.float32, torch.float64)
@@ -162,7 +163,7 @@ class _DropoutAttention(torch.autograd.Function):
         scale, keep_scale = ctx.scale, ctx.keep_scale
         b, h, length, _ = qs.shape
         keys = k.shape[2]
-        go = grad_out * keep_scale  # the dropout rescaling, folded into dO
+        go = (grad_out * keep_scale).contiguous()  # the dropout rescaling, folded into dO
         # rowsum(dP * P) = rowsum(dO * O): the softmax-backward term without an [L, L] pass.
         acc = torch.promote_types(qs.dtype, torch.float32)
         delta = (go.to(acc) * out.to(acc)).sum(dim=-1, keepdim=True).div_(keep_scale)
@@ -172,10 +173,17 @@ class _DropoutAttention(torch.autograd.Function):
         for i, j0, j1, r0, r1 in _chunks(b, h, length, keys):
             pr, dr, g = probs[i, j0:j1, r0:r1], drop[i, j0:j1, r0:r1], go[i, j0:j1, r0:r1]
             kept = pr.masked_fill(dr, 0.0)  # [C, R, Lk]
-            dv[i, j0:j1].baddbmm_(kept.transpose(-1, -2), g)
+            whole = r0 == 0 and r1 == length  # the block holds every query row: no accumulation
+            if whole:
+                torch.matmul(kept.transpose(-1, -2), g, out=dv[i, j0:j1])
+            else:
+                dv[i, j0:j1].baddbmm_(kept.transpose(-1, -2), g)
             ds = torch.matmul(g, v[i, j0:j1].transpose(-1, -2), out=kept)  # dP, before dropout
             ds.masked_fill_(dr, 0.0).sub_(delta[i, j0:j1, r0:r1]).mul_(pr)
             torch.matmul(ds, k[i, j0:j1], out=dq[i, j0:j1, r0:r1])
-            dk[i, j0:j1].baddbmm_(ds.transpose(-1, -2), qs[i, j0:j1, r0:r1])
+            if whole:
+                torch.matmul(ds.transpose(-1, -2), qs[i, j0:j1], out=dk[i, j0:j1])
+            else:
+                dk[i, j0:j1].baddbmm_(ds.transpose(-1, -2), qs[i, j0:j1, r0:r1])
         # qs already carries dK's 1/sqrt(Dh); dQ gets it here.
         return dq.mul_(scale), dk, dv, None, None, None

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 FAMILIES = ("autoregressive", "masked_autoencoder", "transformer_encoder")
 VALUE_MODES = ("none", "binned", "continuous")
 POOLINGS = ("cls", "mean")
+AUTO_POOLING = "auto"
+"""``pooling`` value resolved per family: ``mean`` for ``autoregressive``, else ``cls``."""
 SIZE_FIELDS = ("hidden_size", "num_layers", "num_heads", "intermediate_size")
 
 
@@ -79,8 +81,9 @@ class ModelConfig:
         position_embedding: add a learned position embedding (rank position for rank-ordered
             tokens). Turn off for sets of genes in arbitrary order.
         pooling: cell embedding from the ``<cls>`` position (``"cls"``) or the mean over non-pad
-            tokens (``"mean"``). ``autoregressive`` needs ``"mean"``: under causal attention
-            position 0 sees only itself.
+            tokens (``"mean"``); ``"auto"`` (the default) is ``mean`` for ``autoregressive``
+            (under causal attention position 0 sees only itself, so ``cls`` is refused there)
+            and ``cls`` for the other families.
         tie_embeddings: share the gene-embedding matrix with the gene-prediction head.
         mlm_weight: weight of the gene-token objective (masked genes; next gene for
             ``autoregressive``).
@@ -114,7 +117,7 @@ class ModelConfig:
     value_mode: str = "none"
     n_bins: int = 51
     position_embedding: bool = True
-    pooling: str = "cls"
+    pooling: str = AUTO_POOLING
     tie_embeddings: bool = True
     mlm_weight: float = 1.0
     value_weight: float = 1.0
@@ -156,14 +159,23 @@ class ModelConfig:
         return max(1, self.intermediate_size * self.decoder_width // max(1, self.hidden_size))
 
 
+def resolve_pooling(family: str, pooling: str) -> str:
+    """``pooling`` with ``"auto"`` resolved for ``family`` (other values pass through)."""
+    if pooling != AUTO_POOLING:
+        return pooling
+    return "mean" if family == "autoregressive" else "cls"
+
+
 def resolve_preset(cfg: ModelConfig) -> ModelConfig:
-    """Returns a copy of ``cfg`` with size fields left at 0 filled from ``cfg.preset``.
+    """Returns a copy of ``cfg`` with size fields left at 0 filled from ``cfg.preset`` and
+    ``pooling="auto"`` resolved for the family.
 
     Raises:
         ValueError: the preset is unknown.
     """
+    cfg = dataclasses.replace(cfg, pooling=resolve_pooling(cfg.family, cfg.pooling))
     if cfg.preset == NO_PRESET:
-        return dataclasses.replace(cfg)
+        return cfg
     if cfg.preset not in PRESETS:
         raise ValueError(
             f"model.preset={cfg.preset!r} is not a preset; use one of "
@@ -213,7 +225,7 @@ def _validate(cfg: ModelConfig, *, require_vocab: bool) -> None:
     if cfg.n_bins < 2:
         raise bad("n_bins", "must be >= 2 (scGPT uses 51)")
     if cfg.pooling not in POOLINGS:
-        raise bad("pooling", f"is not one of {list(POOLINGS)}")
+        raise bad("pooling", f"is not one of {[*POOLINGS, AUTO_POOLING]}")
     if cfg.family == "autoregressive" and cfg.pooling == "cls":
         raise bad(
             "pooling",

@@ -46,6 +46,7 @@ def test_resolve_preset_fills_only_zero_sizes() -> None:
         ({"value_mode": "rank_value"}, "model.value_mode"),
         ({"pooling": "max"}, "model.pooling"),
         ({"family": "autoregressive", "pooling": "cls"}, "model.pooling"),
+        ({"pooling": "first"}, "model.pooling"),
         ({"dropout": 1.5}, "model.dropout"),
         ({"n_bins": 1}, "model.n_bins"),
         ({"max_len": 0}, "model.max_len"),
@@ -141,3 +142,11 @@ def test_flops_per_token_formula() -> None:
     )
     with pytest.raises(ValueError, match="seq_len"):
         estimate_flops_per_token(cfg, 0)
+
+
+def test_auto_pooling_is_mean_for_autoregressive_and_cls_otherwise() -> None:
+    assert ModelConfig().pooling == "auto"
+    for family in ("autoregressive", "masked_autoencoder", "transformer_encoder"):
+        cfg = resolve_preset(ModelConfig(family=family, vocab_size=64, max_len=16))
+        assert cfg.pooling == ("mean" if family == "autoregressive" else "cls")
+        assert get_model(dataclasses.replace(cfg, pooling="auto")).config.pooling == cfg.pooling

@@ -21,7 +21,7 @@ def test_family_trains_and_loss_decreases(family, tokenizer, train_shards, tmp_p
     if family == "autoregressive":
         # Every position predicts the next gene over the whole vocabulary (20-60k logits per
         # token): shorter rows keep the run near the other families' few seconds.
-        extra.update({"model.pooling": "mean", "data.stream.max_len": 96,
+        extra.update({"data.stream.max_len": 96,  # pooling: the recipe's auto -> mean
                       "train.micro_batch_size": 4})
     cfg = small_config(train_shards(tokenizer), tmp_path / "run", **extra)
     cfg.train.export = False
