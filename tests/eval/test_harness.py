@@ -91,3 +91,14 @@ def test_embedding_quality_equals_direct_scib(debug_export, pbmc_sub, tmp_path):
     ref = bm.get_results(min_max_scale=False).drop(index="Metric Type")
     for metric, value in scores.items():
         assert float(ref.loc["X_scforge", metric]) == pytest.approx(value, abs=1e-6), metric
+
+
+@pytest.mark.parametrize("recipe", ["configs/eval/pbmc.yaml", "configs/eval/cellbench.yaml",
+                                    "configs/finetune/pbmc_celltype.yaml"])
+def test_recipes_load(recipe):
+    """Every shipped recipe is valid against its schema (a misspelled key would fail here)."""
+    from scforge.finetune import FinetuneConfig
+
+    schema = FinetuneConfig if "finetune" in recipe else EvalConfig
+    cfg = load_config(schema, [recipe], [])
+    assert cfg.checkpoint and cfg.data
