@@ -39,7 +39,7 @@ def _row(stage: str, label: str, value: Any, *, speedup: bool = True) -> Row | N
 def _tokenize(res: dict) -> Iterator[Row | None]:
     rv, bn = res.get("rank_value", {}), res.get("binning", {})
     q = rv.get("ratios", {})
-    yield _row("tokenize", f"rank value: scforge kernel / {rv.get('peer', 'per-cell NumPy')}",
+    yield _row("tokenize", f"rank value: scforge kernel / {rv.get('peer', 'per-cell NumPy').split(' (')[0]}",
                q.get("vs_per_cell_numpy"))
     yield _row("tokenize", "rank value: scforge kernel, 1 thread / per-cell NumPy",
                q.get("vs_per_cell_numpy_1thread"))
@@ -158,14 +158,23 @@ def plot_ratios(rows: list[Row], path: Path, title: str = "") -> Path | None:
     fig, ax = plt.subplots(figsize=(11, h))
     y = list(range(len(rows)))[::-1]
     vals = [r["ratio"] for r in rows]
-    ax.barh(y, vals, color=[colours[r["stage"]] for r in rows])
+    # bars grow from 1x, rightwards when scforge is faster, leftwards when slower
+    ax.barh(y, [v - 1.0 for v in vals], left=1.0, color=[colours[r["stage"]] for r in rows])
     ax.set_yticks(y, [f"[{r['stage']}] {_short(r['label'])}" for r in rows], fontsize=8)
     ax.set_xscale("log")
     ax.axvline(1.0, color="black", lw=1)
     for yi, v in zip(y, vals, strict=True):
-        ax.text(v, yi, f" {v:.2f}x", va="center", fontsize=8)
+        ax.text(v, yi, f" {v:.2f}x " , va="center", ha="left" if v >= 1 else "right",
+                fontsize=8)
     lo, hi = min(vals + [1.0]), max(vals + [1.0])
-    ax.set_xlim(lo / 1.6, hi * 2.2)
+    ax.set_xlim(lo / 1.8, hi * 2.2)
+    ticks = [t for t in (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500)
+             if lo / 1.8 <= t <= hi * 2.2]
+    from matplotlib.ticker import NullFormatter, NullLocator
+
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xticks(ticks, [f"{t:g}x" for t in ticks])
     ax.set_xlabel("scforge / peer (log scale; > 1: scforge faster)")
     ax.set_title(title or "scforge against its peers, same run")
     fig.tight_layout()
