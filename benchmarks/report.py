@@ -39,8 +39,8 @@ def _row(stage: str, label: str, value: Any, *, speedup: bool = True) -> Row | N
 def _tokenize(res: dict) -> Iterator[Row | None]:
     rv, bn = res.get("rank_value", {}), res.get("binning", {})
     q = rv.get("ratios", {})
-    yield _row("tokenize", f"rank value: scforge kernel / {rv.get('peer', 'per-cell NumPy').split(' (')[0]}",
-               q.get("vs_per_cell_numpy"))
+    peer = str(rv.get("peer", "per-cell NumPy")).split(" (")[0]
+    yield _row("tokenize", f"rank value: scforge kernel / {peer}", q.get("vs_per_cell_numpy"))
     yield _row("tokenize", "rank value: scforge kernel, 1 thread / per-cell NumPy",
                q.get("vs_per_cell_numpy_1thread"))
     q = bn.get("ratios", {})
