@@ -48,16 +48,25 @@ def random_export(adata, root: Path, *, preset: str, max_len: int) -> Path:
 
     small = root / "cells.h5ad"
     adata[: min(512, adata.n_obs)].copy().write_h5ad(small)
-    cfg = load_config(ShardJobConfig, [REPO / "configs/shard/geneformer_v2.yaml"],
-                      [f"tokenizer.max_length={max_len}", "shard.cells_per_shard=512"])
+    cfg = load_config(
+        ShardJobConfig,
+        [REPO / "configs/shard/geneformer_v2.yaml"],
+        [f"tokenizer.max_length={max_len}", "shard.cells_per_shard=512"],
+    )
     ShardJob([str(small)], root / "shards", cfg, progress=False).run()
     manifest = load_manifest(root / "shards")
     torch.manual_seed(0)
-    mcfg = ModelConfig(family="transformer_encoder", preset=preset,
-                       vocab_size=int(manifest["vocab"]["size"]), max_len=max_len, dropout=0.0)
+    mcfg = ModelConfig(
+        family="transformer_encoder",
+        preset=preset,
+        vocab_size=int(manifest["vocab"]["size"]),
+        max_len=max_len,
+        dropout=0.0,
+    )
     model = get_model(mcfg)
-    return export_pretrained(root / "export", model.config, model.state_dict(),
-                             manifest=manifest, extra={"step": 0})
+    return export_pretrained(
+        root / "export", model.config, model.state_dict(), manifest=manifest, extra={"step": 0}
+    )
 
 
 def time_embed(export: Path, adata, *, batch_size: int) -> tuple[np.ndarray, dict]:
@@ -74,8 +83,13 @@ def time_embed(export: Path, adata, *, batch_size: int) -> tuple[np.ndarray, dic
     model = load_pretrained(export, device="cpu")
     max_len = seq_len_of(info, model.config.max_len)
     eos = int(info["tokenizer"].get("eos_id", -1))
-    embed_cells(model, cells.subset(np.arange(min(batch_size, len(cells)))), max_len=max_len,
-                batch_size=batch_size, eos_id=eos)  # warm-up
+    embed_cells(
+        model,
+        cells.subset(np.arange(min(batch_size, len(cells)))),
+        max_len=max_len,
+        batch_size=batch_size,
+        eos_id=eos,
+    )  # warm-up
     t0 = time.perf_counter()
     emb = embed_cells(model, cells, max_len=max_len, batch_size=batch_size, eos_id=eos)
     t_fwd = time.perf_counter() - t0
@@ -98,27 +112,35 @@ def time_embed(export: Path, adata, *, batch_size: int) -> tuple[np.ndarray, dic
     }
 
 
-def time_scib(adata, key: str, pre: str, *, label_key: str, batch_key: str,
-              neighbors: str = "pynndescent") -> dict:
+def time_scib(
+    adata, key: str, pre: str, *, label_key: str, batch_key: str, neighbors: str = "pynndescent"
+) -> dict:
     import inspect
 
     from scforge.eval.tasks import scib_table
 
-    kw = {"neighbors": neighbors} if "neighbors" in inspect.signature(scib_table).parameters \
-        else {}
+    kw = {"neighbors": neighbors} if "neighbors" in inspect.signature(scib_table).parameters else {}
     t0 = time.perf_counter()
-    table = scib_table(adata, [key], label_key=label_key, batch_key=batch_key, pre_integrated=pre,
-                       **kw)
+    table = scib_table(
+        adata, [key], label_key=label_key, batch_key=batch_key, pre_integrated=pre, **kw
+    )
     dt = time.perf_counter() - t0
     row = table.loc[key]
-    return {"seconds": dt, "cells_per_s": adata.n_obs / dt, "dims": int(adata.obsm[key].shape[1]),
-            "scores": {k: float(v) for k, v in row.items() if np.isfinite(v)}}
+    return {
+        "seconds": dt,
+        "cells_per_s": adata.n_obs / dt,
+        "dims": int(adata.obsm[key].shape[1]),
+        "scores": {k: float(v) for k, v in row.items() if np.isfinite(v)},
+    }
 
 
 def _merge_rounds(rounds: list[dict]) -> dict:
     best = min(rounds, key=lambda r: r["seconds"])
-    return {**best, "cold_seconds": rounds[0]["seconds"],
-            "rounds_s": [r["seconds"] for r in rounds]}
+    return {
+        **best,
+        "cold_seconds": rounds[0]["seconds"],
+        "rounds_s": [r["seconds"] for r in rounds],
+    }
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -136,12 +158,18 @@ def run(args: argparse.Namespace) -> dict:
     for k in (label_key, batch_key):
         adata.obs[k] = adata.obs[k].astype(str).astype("category")
     with tempfile.TemporaryDirectory() as tmp:
-        export = Path(args.checkpoint) if args.checkpoint else random_export(
-            adata, Path(tmp), preset=args.preset, max_len=args.max_len)
+        export = (
+            Path(args.checkpoint)
+            if args.checkpoint
+            else random_export(adata, Path(tmp), preset=args.preset, max_len=args.max_len)
+        )
         print(f"[eval] embedding {n} cells ...", file=sys.stderr)
         emb, embed = time_embed(export, adata, batch_size=args.batch_size)
-        embed["checkpoint"] = str(args.checkpoint) if args.checkpoint else (
-            f"untrained {args.preset} encoder (seed 0)")
+        embed["checkpoint"] = (
+            str(args.checkpoint)
+            if args.checkpoint
+            else (f"untrained {args.preset} encoder (seed 0)")
+        )
     adata.obsm["X_scforge"] = emb
     print("[eval] HVG + PCA baseline ...", file=sys.stderr)
     t0 = time.perf_counter()
@@ -152,8 +180,16 @@ def run(args: argparse.Namespace) -> dict:
     for i in range(max(1, args.repeat)):
         for name, key in (("model", "X_scforge"), ("pca", pca)):
             print(f"[eval] scib-metrics on {name}, round {i + 1} ...", file=sys.stderr)
-            rounds[name].append(time_scib(adata, key, pca, label_key=label_key,
-                                          batch_key=batch_key, neighbors=args.neighbors))
+            rounds[name].append(
+                time_scib(
+                    adata,
+                    key,
+                    pca,
+                    label_key=label_key,
+                    batch_key=batch_key,
+                    neighbors=args.neighbors,
+                )
+            )
     model_scib, pca_scib = _merge_rounds(rounds["model"]), _merge_rounds(rounds["pca"])
     return {
         "cells": n,
@@ -172,40 +208,42 @@ def run(args: argparse.Namespace) -> dict:
 def markdown(payload: dict) -> str:
     m, r = payload["machine"], payload["result"]
     e, s = r["embed"], r["scib"]
-    return "\n".join([
-        f"# Embedding and evaluation ({m['date']})",
-        "",
-        f"Machine: {m['cpu']}, {m['cores']} cores, {m['ram_gb']} GiB RAM, GPU: {m['gpu']}; "
-        f"git {m['git']}; 1-min load average {payload['load_start']} at start, "
-        f"{payload['load_end']} at end.",
-        "",
-        f"{r['cells']:,} pbmc_2batch cells (random subset, seed 0). Model: {e['checkpoint']}, "
-        f"{e['num_layers']} x {e['hidden_size']}, {e['parameters'] / 1e6:.2f}M parameters, "
-        f"max_len {e['max_len']}, batch {e['batch_size']}, {e['torch_threads']} torch threads.",
-        "",
-        "| step | seconds | cells/s | note |",
-        "|---|---:|---:|---|",
-        f"| tokenize (checkpoint's tokenizer) | {e['tokenize_s']:.2f} | "
-        f"{e['tokenize_cells_per_s']:,.0f} | |",
-        f"| forward passes | {e['forward_s']:.2f} | {e['forward_cells_per_s']:,.0f} | "
-        f"{e['forward_tokens_per_s']:,.0f} tokens/s |",
-        f"| HVG + PCA baseline | {r['baseline_pca_s']:.2f} | "
-        f"{r['cells'] / r['baseline_pca_s']:,.0f} | 2,000 HVGs, 50 PCs |",
-        f"| scib-metrics on the model embedding | {s['model']['seconds']:.1f} | "
-        f"{s['model']['cells_per_s']:,.0f} | {s['model']['dims']} dims; first round "
-        f"{s['model']['cold_seconds']:.1f} s |",
-        f"| scib-metrics on the PCA baseline | {s['pca']['seconds']:.1f} | "
-        f"{s['pca']['cells_per_s']:,.0f} | {s['pca']['dims']} dims; first round "
-        f"{s['pca']['cold_seconds']:.1f} s |",
-        "",
-        f"scib-metrics: default metrics, kNN by {r.get('scib_neighbors', 'pynndescent')}; best of "
-        f"{r['scib_repeat']} alternating round(s); the first includes JAX/Numba compilation.",
-        "",
-        f"- scib-metrics runtime, model / PCA: **{r['ratios']['scib_model_over_pca']:.2f}x**",
-        f"- embedding is **{r['ratios']['embed_over_scib_cells_per_s']:.1f}x** faster per cell "
-        "than scoring it with scib-metrics",
-        "",
-    ])
+    return "\n".join(
+        [
+            f"# Embedding and evaluation ({m['date']})",
+            "",
+            f"Machine: {m['cpu']}, {m['cores']} cores, {m['ram_gb']} GiB RAM, GPU: {m['gpu']}; "
+            f"git {m['git']}; 1-min load average {payload['load_start']} at start, "
+            f"{payload['load_end']} at end.",
+            "",
+            f"{r['cells']:,} pbmc_2batch cells (random subset, seed 0). Model: {e['checkpoint']}, "
+            f"{e['num_layers']} x {e['hidden_size']}, {e['parameters'] / 1e6:.2f}M parameters, "
+            f"max_len {e['max_len']}, batch {e['batch_size']}, {e['torch_threads']} torch threads.",
+            "",
+            "| step | seconds | cells/s | note |",
+            "|---|---:|---:|---|",
+            f"| tokenize (checkpoint's tokenizer) | {e['tokenize_s']:.2f} | "
+            f"{e['tokenize_cells_per_s']:,.0f} | |",
+            f"| forward passes | {e['forward_s']:.2f} | {e['forward_cells_per_s']:,.0f} | "
+            f"{e['forward_tokens_per_s']:,.0f} tokens/s |",
+            f"| HVG + PCA baseline | {r['baseline_pca_s']:.2f} | "
+            f"{r['cells'] / r['baseline_pca_s']:,.0f} | 2,000 HVGs, 50 PCs |",
+            f"| scib-metrics on the model embedding | {s['model']['seconds']:.1f} | "
+            f"{s['model']['cells_per_s']:,.0f} | {s['model']['dims']} dims; first round "
+            f"{s['model']['cold_seconds']:.1f} s |",
+            f"| scib-metrics on the PCA baseline | {s['pca']['seconds']:.1f} | "
+            f"{s['pca']['cells_per_s']:,.0f} | {s['pca']['dims']} dims; first round "
+            f"{s['pca']['cold_seconds']:.1f} s |",
+            "",
+            f"scib-metrics: default metrics, kNN by {r.get('scib_neighbors', 'pynndescent')}; best of "
+            f"{r['scib_repeat']} alternating round(s); the first includes JAX/Numba compilation.",
+            "",
+            f"- scib-metrics runtime, model / PCA: **{r['ratios']['scib_model_over_pca']:.2f}x**",
+            f"- embedding is **{r['ratios']['embed_over_scib_cells_per_s']:.1f}x** faster per cell "
+            "than scoring it with scib-metrics",
+            "",
+        ]
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -217,8 +255,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-len", type=int, default=256)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--repeat", type=int, default=2, help="scib-metrics rounds per embedding")
-    ap.add_argument("--neighbors", default="pynndescent", choices=("pynndescent", "exact"),
-                    help="kNN for scib-metrics (pynndescent: its default)")
+    ap.add_argument(
+        "--neighbors",
+        default="pynndescent",
+        choices=("pynndescent", "exact"),
+        help="kNN for scib-metrics (pynndescent: its default)",
+    )
     ap.add_argument("--quick", action="store_true", help="1,000 cells, one scib round")
     ap.add_argument("--out", type=Path, default=None, help="results directory")
     ap.add_argument("--no-write", action="store_true")
@@ -229,8 +271,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench_eval: error: input not found: {args.h5ad}", file=sys.stderr)
         return 2
     if args.checkpoint and not (Path(args.checkpoint) / "config.json").is_file():
-        print(f"bench_eval: error: {args.checkpoint} is not an export directory (no config.json)",
-              file=sys.stderr)
+        print(
+            f"bench_eval: error: {args.checkpoint} is not an export directory (no config.json)",
+            file=sys.stderr,
+        )
         return 2
     load0 = loadavg()
     result = run(args)

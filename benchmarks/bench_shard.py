@@ -175,7 +175,11 @@ def ensure_synthetic(n_cells: int, n_genes: int, nnz: int, *, soma: bool = False
 
 
 def bench_dataset(
-    name: str, path: Path, baseline_cells: int, workers: list[int], tmp: Path,
+    name: str,
+    path: Path,
+    baseline_cells: int,
+    workers: list[int],
+    tmp: Path,
     soma: str | None = None,
 ) -> dict:
     print(f"[{name}] I/O floor ...", file=sys.stderr)
@@ -219,8 +223,11 @@ def markdown(payload: dict) -> str:
         "",
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['ram_gb']} GiB RAM, GPU: {m['gpu']}; "
         f"git {m['git']}; {json.dumps(m['versions'])}"
-        + (f"; 1-min load average {payload['load_start']} at start, {payload['load_end']} at end"
-           if "load_start" in payload else ""),
+        + (
+            f"; 1-min load average {payload['load_start']} at start, {payload['load_end']} at end"
+            if "load_start" in payload
+            else ""
+        ),
         "",
         "Geneformer V2 recipe (`configs/shard/geneformer_v2.yaml`): read + rank-value "
         "tokenize + zstd + tar write. Wall time includes process start-up.",
@@ -283,8 +290,18 @@ def scaling(datasets: list[dict]) -> list[dict]:
         if not d["name"].startswith("synthetic_"):
             continue
         for r in d["scforge"]:
-            rows.append({k: r[k] for k in ("cells", "workers", "cells_per_s_job",
-                                           "cells_per_s_wall", "peak_rss_gib")})
+            rows.append(
+                {
+                    k: r[k]
+                    for k in (
+                        "cells",
+                        "workers",
+                        "cells_per_s_job",
+                        "cells_per_s_wall",
+                        "peak_rss_gib",
+                    )
+                }
+            )
     return sorted(rows, key=lambda r: (r["cells"], r["workers"]))
 
 
@@ -299,25 +316,43 @@ def _sizes(text: str) -> list[int]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", type=_sizes, default=None,
-                    help="synthetic corpus sizes, comma-separated (default 10k,100k,1m)")
-    ap.add_argument("--cells", type=int, default=None,
-                    help="one synthetic corpus of this size (the former interface)")
-    ap.add_argument("--soma-sizes", type=_sizes, default=[],
-                    help="sizes also sharded from a local SOMA experiment (e.g. 100k)")
+    ap.add_argument(
+        "--sizes",
+        type=_sizes,
+        default=None,
+        help="synthetic corpus sizes, comma-separated (default 10k,100k,1m)",
+    )
+    ap.add_argument(
+        "--cells",
+        type=int,
+        default=None,
+        help="one synthetic corpus of this size (the former interface)",
+    )
+    ap.add_argument(
+        "--soma-sizes",
+        type=_sizes,
+        default=[],
+        help="sizes also sharded from a local SOMA experiment (e.g. 100k)",
+    )
     ap.add_argument("--genes", type=int, default=20_000)
     ap.add_argument("--nnz", type=int, default=1500)
     ap.add_argument("--baseline-cells", type=int, default=20_000)
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--skip-synthetic", action="store_true")
     ap.add_argument("--skip-pbmc", action="store_true")
-    ap.add_argument("--quick", action="store_true",
-                    help="sizes 10k,100k and 10,000 baseline cells (unless given)")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="sizes 10k,100k and 10,000 baseline cells (unless given)",
+    )
     ap.add_argument("--out", type=Path, default=None, help="results directory")
     args = ap.parse_args(argv)
     if args.sizes is None:
-        args.sizes = [args.cells] if args.cells else (
-            [10_000, 100_000] if args.quick else [10_000, 100_000, 1_000_000])
+        args.sizes = (
+            [args.cells]
+            if args.cells
+            else ([10_000, 100_000] if args.quick else [10_000, 100_000, 1_000_000])
+        )
     if args.quick:
         args.baseline_cells = min(args.baseline_cells, 10_000)
     load0 = loadavg()
@@ -329,8 +364,14 @@ def main(argv: list[str] | None = None) -> int:
         for n in [] if args.skip_synthetic else args.sizes:
             info = ensure_synthetic(n, args.genes, args.nnz, soma=n in args.soma_sizes)
             datasets.append(
-                bench_dataset(f"synthetic_{n}", Path(info["h5ad"]), args.baseline_cells,
-                              args.workers, Path(tmp), soma=info["soma"])
+                bench_dataset(
+                    f"synthetic_{n}",
+                    Path(info["h5ad"]),
+                    args.baseline_cells,
+                    args.workers,
+                    Path(tmp),
+                    soma=info["soma"],
+                )
             )
     m = machine()
     payload = {

@@ -98,7 +98,9 @@ def fetch_scgpt(dist_dir: Path = SCGPT_DIST) -> str:
     dist_dir.mkdir(parents=True, exist_ok=True)
     r = subprocess.run(
         [sys.executable, "-m", "pip", "download", "--no-deps", "scgpt", "-d", str(dist_dir)],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     lines = (r.stdout + r.stderr).strip().splitlines()
     return lines[-1] if lines else f"pip exited {r.returncode}"
@@ -262,14 +264,19 @@ def markdown(payload: dict) -> str:
         f"{rv['scforge']['cells_per_s']:,.0f} | **{rv['ratios']['vs_per_cell_numpy']:.1f}x** |",
     ]
     main_peer = bn["binning_peer"]
-    label = {"scgpt": "scGPT's own `binning` per cell",
-             "numpy_port": "NumPy port of scGPT `binning` per cell"}
-    lines.append(f"| binned (scGPT, 51 bins) | {label[main_peer]} | "
-                 f"{bn['peer_cells_per_s']:,.0f} | 1.00x |")
+    label = {
+        "scgpt": "scGPT's own `binning` per cell",
+        "numpy_port": "NumPy port of scGPT `binning` per cell",
+    }
+    lines.append(
+        f"| binned (scGPT, 51 bins) | {label[main_peer]} | {bn['peer_cells_per_s']:,.0f} | 1.00x |"
+    )
     for name, rate in bn["peers_cells_per_s"].items():
         if name != main_peer:  # the port, timed as a check on the peer's speed
-            lines.append(f"| | {label[name]} (not the peer) | {rate:,.0f} | "
-                         f"runs at {rate / bn['peer_cells_per_s']:.2f}x the peer |")
+            lines.append(
+                f"| | {label[name]} (not the peer) | {rate:,.0f} | "
+                f"runs at {rate / bn['peer_cells_per_s']:.2f}x the peer |"
+            )
     lines += [
         f"| | scforge kernel, 1 thread | {bn['scforge']['cells_per_s_1thread']:,.0f} | "
         f"{bn['ratios']['vs_scgpt_binning_1thread']:.1f}x |",
@@ -288,8 +295,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cells", type=int, default=10_668)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="4,096 cells, 2 repeats")
-    ap.add_argument("--fetch-scgpt", action="store_true",
-                    help="pip download --no-deps scgpt first if no wheel is there (PyPI)")
+    ap.add_argument(
+        "--fetch-scgpt",
+        action="store_true",
+        help="pip download --no-deps scgpt first if no wheel is there (PyPI)",
+    )
     ap.add_argument("--out", type=Path, default=None, help="results directory")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args(argv)

@@ -20,9 +20,28 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 #: Packages whose versions every result file records (read from metadata: nothing is imported).
 VERSION_PACKAGES = (
-    "numpy", "scipy", "numba", "h5py", "anndata", "zstandard", "torch", "scforge", "pandas",
-    "webdataset", "zarr", "tensorstore", "tiledbsoma", "deepspeed", "transformers",
-    "scib-metrics", "jax", "scanpy", "scdataset", "annbatch", "scgpt", "matplotlib",
+    "numpy",
+    "scipy",
+    "numba",
+    "h5py",
+    "anndata",
+    "zstandard",
+    "torch",
+    "scforge",
+    "pandas",
+    "webdataset",
+    "zarr",
+    "tensorstore",
+    "tiledbsoma",
+    "deepspeed",
+    "transformers",
+    "scib-metrics",
+    "jax",
+    "scanpy",
+    "scdataset",
+    "annbatch",
+    "scgpt",
+    "matplotlib",
 )
 
 
@@ -84,7 +103,9 @@ def machine() -> dict:
     with contextlib.suppress(Exception):
         dirty = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True, text=True, cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).parent,
         ).stdout.strip()
         if dirty:
             rev += "+dirty"

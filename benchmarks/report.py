@@ -41,35 +41,51 @@ def _tokenize(res: dict) -> Iterator[Row | None]:
     q = rv.get("ratios", {})
     peer = str(rv.get("peer", "per-cell NumPy")).split(" (")[0]
     yield _row("tokenize", f"rank value: scforge kernel / {peer}", q.get("vs_per_cell_numpy"))
-    yield _row("tokenize", "rank value: scforge kernel, 1 thread / per-cell NumPy",
-               q.get("vs_per_cell_numpy_1thread"))
+    yield _row(
+        "tokenize",
+        "rank value: scforge kernel, 1 thread / per-cell NumPy",
+        q.get("vs_per_cell_numpy_1thread"),
+    )
     q = bn.get("ratios", {})
     peer = bn.get("peer", "scGPT binning")
     yield _row("tokenize", f"binning: scforge kernel / {peer}", q.get("vs_scgpt_binning"))
-    yield _row("tokenize", f"binning: scforge kernel, 1 thread / {peer}",
-               q.get("vs_scgpt_binning_1thread"))
+    yield _row(
+        "tokenize", f"binning: scforge kernel, 1 thread / {peer}", q.get("vs_scgpt_binning_1thread")
+    )
 
 
 def _shard(res: dict) -> Iterator[Row | None]:
     for d in res.get("datasets", []):
         name, q = d.get("name", "?"), d.get("ratios", {})
-        yield _row("shard", f"{name}: scforge-shard / per-cell NumPy tokenizer",
-                   q.get("vs_per_cell_numpy"))
+        yield _row(
+            "shard", f"{name}: scforge-shard / per-cell NumPy tokenizer", q.get("vs_per_cell_numpy")
+        )
         floor = _num(q.get("io_floor_over_scforge"))
-        yield _row("shard", f"{name}: scforge-shard speed as a fraction of the I/O floor",
-                   None if floor is None else 1 / floor)
+        yield _row(
+            "shard",
+            f"{name}: scforge-shard speed as a fraction of the I/O floor",
+            None if floor is None else 1 / floor,
+        )
         t = d.get("tokenize_only", {})
-        yield _row("shard", f"{name}: rank-value kernel / per-cell NumPy, in memory",
-                   t.get("ratio"))
+        yield _row(
+            "shard", f"{name}: rank-value kernel / per-cell NumPy, in memory", t.get("ratio")
+        )
 
 
 def _eval(res: dict) -> Iterator[Row | None]:
     r = res.get("result", {})
     q = r.get("ratios", {})
-    yield _row("eval", "embedding cells/s / scib-metrics scoring cells/s",
-               q.get("embed_over_scib_cells_per_s"))
-    yield _row("eval", "scib-metrics runtime: model embedding / PCA baseline (>1: slower)",
-               q.get("scib_model_over_pca"), speedup=False)
+    yield _row(
+        "eval",
+        "embedding cells/s / scib-metrics scoring cells/s",
+        q.get("embed_over_scib_cells_per_s"),
+    )
+    yield _row(
+        "eval",
+        "scib-metrics runtime: model embedding / PCA baseline (>1: slower)",
+        q.get("scib_model_over_pca"),
+        speedup=False,
+    )
 
 
 def _generic(stage: str, res: dict) -> Iterator[Row | None]:
@@ -126,9 +142,11 @@ def scaling_rows(payload: dict) -> list[dict]:
     res = rec.get("result") if rec.get("status") == "ok" else None
     if not isinstance(res, dict):
         return []
-    floors = {d["io_floor"]["cells"]: d["io_floor"]["cells_per_s"]
-              for d in res.get("datasets", [])
-              if str(d.get("name", "")).startswith("synthetic_") and "io_floor" in d}
+    floors = {
+        d["io_floor"]["cells"]: d["io_floor"]["cells_per_s"]
+        for d in res.get("datasets", [])
+        if str(d.get("name", "")).startswith("synthetic_") and "io_floor" in d
+    }
     rows = []
     for r in res.get("scaling", []):
         if all(_num(r.get(k)) for k in ("cells", "cells_per_s_job", "peak_rss_gib")):
@@ -164,12 +182,14 @@ def plot_ratios(rows: list[Row], path: Path, title: str = "") -> Path | None:
     ax.set_xscale("log")
     ax.axvline(1.0, color="black", lw=1)
     for yi, v in zip(y, vals, strict=True):
-        ax.text(v, yi, f" {v:.2f}x " , va="center", ha="left" if v >= 1 else "right",
-                fontsize=8)
+        ax.text(v, yi, f" {v:.2f}x ", va="center", ha="left" if v >= 1 else "right", fontsize=8)
     lo, hi = min(vals + [1.0]), max(vals + [1.0])
     ax.set_xlim(lo / 1.8, hi * 2.2)
-    ticks = [t for t in (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500)
-             if lo / 1.8 <= t <= hi * 2.2]
+    ticks = [
+        t
+        for t in (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500)
+        if lo / 1.8 <= t <= hi * 2.2
+    ]
     from matplotlib.ticker import NullFormatter, NullLocator
 
     ax.xaxis.set_minor_locator(NullLocator())
@@ -199,8 +219,9 @@ def plot_scaling(rows: list[dict], path: Path, title: str = "") -> Path | None:
         x = [r["cells"] for r in rs]
         a1.plot(x, [r["cells_per_s_job"] for r in rs], "o-", label=f"scforge-shard, {w} worker(s)")
         a2.plot(x, [r["peak_rss_gib"] for r in rs], "o-", label=f"{w} worker(s)")
-    fl = sorted({(r["cells"], r["io_floor_cells_per_s"]) for r in rows
-                 if r.get("io_floor_cells_per_s")})
+    fl = sorted(
+        {(r["cells"], r["io_floor_cells_per_s"]) for r in rows if r.get("io_floor_cells_per_s")}
+    )
     if fl:
         a1.plot([f[0] for f in fl], [f[1] for f in fl], "k--", label="I/O floor (read X once)")
     for ax in (a1, a2):
@@ -225,9 +246,11 @@ def _machine_line(payload: dict) -> str:
     gpu = m.get("gpu") or "none"
     if m.get("gpu_count", 0) > 1:
         gpu = f"{m['gpu_count']} x {gpu}"
-    return (f"{m.get('cpu', '?')}, {m.get('cores', '?')} cores, {m.get('ram_gb', '?')} GiB RAM, "
-            f"GPU: {gpu}; Python {m.get('python', '?')}; git {m.get('git', '?')}; host "
-            f"{m.get('host', '?')}")
+    return (
+        f"{m.get('cpu', '?')}, {m.get('cores', '?')} cores, {m.get('ram_gb', '?')} GiB RAM, "
+        f"GPU: {gpu}; Python {m.get('python', '?')}; git {m.get('git', '?')}; host "
+        f"{m.get('host', '?')}"
+    )
 
 
 def _versions_line(payload: dict) -> str:
@@ -240,8 +263,9 @@ def _demote(md: str) -> str:
     lines = md.strip().splitlines()
     if lines and lines[0].startswith("# "):
         lines = lines[1:]
-    return "\n".join(re.sub(r"^(#+) ", r"\1## ", ln) if ln.startswith("#") else ln
-                     for ln in lines).strip()
+    return "\n".join(
+        re.sub(r"^(#+) ", r"\1## ", ln) if ln.startswith("#") else ln for ln in lines
+    ).strip()
 
 
 def _fmt_ratio(r: Row) -> str:
@@ -259,8 +283,12 @@ def markdown(payload: dict, figures: dict[str, str]) -> str:
         f"1-min load average: {payload.get('load_start')} at start, {payload.get('load_end')} at "
         f"end (a shared machine: compare ratios measured in the same run, not absolute "
         f"figures). Suite wall time: {payload.get('wall_s', '?')} s"
-        + (f"; stage timeouts stretched {payload['load_stretch']}x for the load"
-           if (payload.get("load_stretch") or 1) > 1 else "") + ".",
+        + (
+            f"; stage timeouts stretched {payload['load_stretch']}x for the load"
+            if (payload.get("load_stretch") or 1) > 1
+            else ""
+        )
+        + ".",
         "",
         f"Packages: {_versions_line(payload)}.",
         "",
@@ -275,13 +303,18 @@ def markdown(payload: dict, figures: dict[str, str]) -> str:
             status += f": {rec['error']}"
         lines.append(
             f"| {name} | {status} | {rec.get('wall_s', '')} | {rec.get('peak_rss_gib', '')} | "
-            f"{rec.get('peers', '')} | {rec.get('load_start', '')} / {rec.get('load_end', '')} |")
+            f"{rec.get('peers', '')} | {rec.get('load_start', '')} / {rec.get('load_end', '')} |"
+        )
     rows = all_ratios(payload)
     lines += ["", "## Ratios to each peer (same run)", ""]
     if rows:
-        lines += ["Ratio = scforge / peer in throughput: > 1 means scforge is faster (rows marked "
-                  "otherwise say what they compare).", "",
-                  "| stage | comparison | ratio |", "|---|---|---:|"]
+        lines += [
+            "Ratio = scforge / peer in throughput: > 1 means scforge is faster (rows marked "
+            "otherwise say what they compare).",
+            "",
+            "| stage | comparison | ratio |",
+            "|---|---|---:|",
+        ]
         lines += [f"| {r['stage']} | {r['label']} | {_fmt_ratio(r)} |" for r in rows]
     else:
         lines.append("No stage produced ratios.")
@@ -292,14 +325,21 @@ def markdown(payload: dict, figures: dict[str, str]) -> str:
                 lines.append(f"![{title}]({figures[key]})")
     scal = scaling_rows(payload)
     if scal:
-        lines += ["", "## Sharding scaling", "",
-                  "| corpus cells | workers | cells/s (job) | cells/s (wall) | peak RSS (GiB) | "
-                  "I/O floor cells/s |", "|---:|---:|---:|---:|---:|---:|"]
+        lines += [
+            "",
+            "## Sharding scaling",
+            "",
+            "| corpus cells | workers | cells/s (job) | cells/s (wall) | peak RSS (GiB) | "
+            "I/O floor cells/s |",
+            "|---:|---:|---:|---:|---:|---:|",
+        ]
         for r in scal:
             floor = r.get("io_floor_cells_per_s")
-            lines.append(f"| {r['cells']:,} | {r['workers']} | {r['cells_per_s_job']:,.0f} | "
-                         f"{r.get('cells_per_s_wall', 0):,.0f} | {r['peak_rss_gib']:.2f} | "
-                         f"{'' if floor is None else f'{floor:,.0f}'} |")
+            lines.append(
+                f"| {r['cells']:,} | {r['workers']} | {r['cells_per_s_job']:,.0f} | "
+                f"{r.get('cells_per_s_wall', 0):,.0f} | {r['peak_rss_gib']:.2f} | "
+                f"{'' if floor is None else f'{floor:,.0f}'} |"
+            )
     for name, rec in stages.items():
         lines += ["", f"## {name}", ""]
         if rec.get("status") != "ok":
@@ -329,8 +369,9 @@ def machine_tag(m: dict) -> str:
     return tag
 
 
-def write_report(payload: dict, out: str | Path, *,
-                 summary_dir: str | Path | None = None) -> dict[str, Any]:
+def write_report(
+    payload: dict, out: str | Path, *, summary_dir: str | Path | None = None
+) -> dict[str, Any]:
     """Writes ``report.md``, ``ratios.png`` and ``scaling.png`` (when there is data) into ``out``.
 
     With ``summary_dir``, the same report is also written as ``<summary_dir>/<date>_<machine>.md``
@@ -345,16 +386,22 @@ def write_report(payload: dict, out: str | Path, *,
     tag = f"{payload.get('suite', '')} suite, {m.get('date', '')}, {m.get('cores', '?')} cores"
     if m.get("gpu"):
         tag += f", {m['gpu']}"
-    if plot_ratios(all_ratios(payload), out / "ratios.png",
-                   title=f"scforge / peer, same run ({tag})"):
+    if plot_ratios(
+        all_ratios(payload), out / "ratios.png", title=f"scforge / peer, same run ({tag})"
+    ):
         figures["ratios"] = "ratios.png"
-    if plot_scaling(scaling_rows(payload), out / "scaling.png",
-                    title=f"Sharding scaling, Geneformer V2 recipe ({tag})"):
+    if plot_scaling(
+        scaling_rows(payload),
+        out / "scaling.png",
+        title=f"Sharding scaling, Geneformer V2 recipe ({tag})",
+    ):
         figures["scaling"] = "scaling.png"
     md = out / "report.md"
     md.write_text(markdown(payload, figures))
-    res: dict[str, Any] = {"markdown": str(md),
-                           "figures": {k: str(out / v) for k, v in figures.items()}}
+    res: dict[str, Any] = {
+        "markdown": str(md),
+        "figures": {k: str(out / v) for k, v in figures.items()},
+    }
     if summary_dir is not None:
         import os
 

@@ -67,19 +67,49 @@ class Stage:
 
 
 STAGES: tuple[Stage, ...] = (
-    Stage("tokenize", "benchmarks.bench_tokenize", timeout_quick=90, timeout_full=600,
-          peers="per-cell NumPy Geneformer; scGPT binning"),
-    Stage("shard", "benchmarks.bench_shard", timeout_quick=200, timeout_full=2400,
-          full=("--sizes", "10k,100k,1m", "--soma-sizes", "100k"),
-          peers="I/O floor; per-cell NumPy Geneformer"),
-    Stage("loader", "benchmarks.bench_loader", timeout_quick=120, timeout_full=1800,
-          peers="AnnData backed + per-cell tokenization; scDataset; annbatch"),
-    Stage("store", "benchmarks.bench_store", timeout_quick=90, timeout_full=900,
-          peers="zarr-python vs tensorstore"),
-    Stage("train", "benchmarks.bench_train", timeout_quick=150, timeout_full=2400,
-          peers="Hugging Face BertForMaskedLM; eager vs compiled"),
-    Stage("eval", "benchmarks.bench_eval", timeout_quick=210, timeout_full=1800,
-          peers="scib-metrics runtime; PCA baseline"),
+    Stage(
+        "tokenize",
+        "benchmarks.bench_tokenize",
+        timeout_quick=90,
+        timeout_full=600,
+        peers="per-cell NumPy Geneformer; scGPT binning",
+    ),
+    Stage(
+        "shard",
+        "benchmarks.bench_shard",
+        timeout_quick=200,
+        timeout_full=2400,
+        full=("--sizes", "10k,100k,1m", "--soma-sizes", "100k"),
+        peers="I/O floor; per-cell NumPy Geneformer",
+    ),
+    Stage(
+        "loader",
+        "benchmarks.bench_loader",
+        timeout_quick=120,
+        timeout_full=1800,
+        peers="AnnData backed + per-cell tokenization; scDataset; annbatch",
+    ),
+    Stage(
+        "store",
+        "benchmarks.bench_store",
+        timeout_quick=90,
+        timeout_full=900,
+        peers="zarr-python vs tensorstore",
+    ),
+    Stage(
+        "train",
+        "benchmarks.bench_train",
+        timeout_quick=150,
+        timeout_full=2400,
+        peers="Hugging Face BertForMaskedLM; eager vs compiled",
+    ),
+    Stage(
+        "eval",
+        "benchmarks.bench_eval",
+        timeout_quick=210,
+        timeout_full=1800,
+        peers="scib-metrics runtime; PCA baseline",
+    ),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
 #: Whole-suite time budget (seconds): no stage starts with less than its own timeout left,
@@ -111,9 +141,16 @@ def _stage_json(out: Path) -> tuple[Path | None, str]:
     return found[-1], f"the stage wrote {len(found)} .json files; read {found[-1].name}"
 
 
-def run_stage(stage: Stage, suite: str, out: Path, *, timeout: float,
-              python: str = sys.executable, extra: list[str] | None = None,
-              gpu: bool = False) -> dict[str, Any]:
+def run_stage(
+    stage: Stage,
+    suite: str,
+    out: Path,
+    *,
+    timeout: float,
+    python: str = sys.executable,
+    extra: list[str] | None = None,
+    gpu: bool = False,
+) -> dict[str, Any]:
     """Runs one stage script in a subprocess; returns its record (never raises for the stage).
 
     Without a GPU, ``DS_ACCELERATOR=cpu`` is set (unless already set) so DeepSpeed does not
@@ -121,22 +158,31 @@ def run_stage(stage: Stage, suite: str, out: Path, *, timeout: float,
     """
     out.mkdir(parents=True, exist_ok=True)
     cmd = [python, "-m", stage.module, *stage.args(suite), *(extra or []), "--out", str(out)]
-    rec: dict[str, Any] = {"stage": stage.name, "module": stage.module, "cmd": cmd,
-                           "peers": stage.peers, "timeout_s": timeout,
-                           "load_start": loadavg()}
+    rec: dict[str, Any] = {
+        "stage": stage.name,
+        "module": stage.module,
+        "cmd": cmd,
+        "peers": stage.peers,
+        "timeout_s": timeout,
+        "load_start": loadavg(),
+    }
     script = REPO / (stage.module.replace(".", "/") + ".py")
     if not script.is_file():
         rec.update(status="missing", error=f"{script.relative_to(REPO)} does not exist")
         return rec
-    env = {**os.environ, **stage.env, "PYTHONPATH": os.pathsep.join(
-        [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    env = {
+        **os.environ,
+        **stage.env,
+        "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]),
+    }
     if not gpu:
         env.setdefault("DS_ACCELERATOR", "cpu")
     t0 = time.perf_counter()
     with open(out / "stdout.txt", "w") as so, open(out / "stderr.txt", "w") as se:
         try:
-            proc = subprocess.Popen(cmd, stdout=so, stderr=se, cwd=REPO, env=env,
-                                    start_new_session=True)
+            proc = subprocess.Popen(
+                cmd, stdout=so, stderr=se, cwd=REPO, env=env, start_new_session=True
+            )
         except OSError as exc:
             rec.update(status="failed", returncode=None, error=f"could not start: {exc}")
             return rec
@@ -154,8 +200,9 @@ def run_stage(stage: Stage, suite: str, out: Path, *, timeout: float,
     rec["load_end"] = loadavg()
     stderr = (out / "stderr.txt").read_text(errors="replace")
     if timed_out:
-        rec.update(status="timeout", error=f"stopped after {timeout:.0f} s",
-                   stderr_tail=_tail(stderr))
+        rec.update(
+            status="timeout", error=f"stopped after {timeout:.0f} s", stderr_tail=_tail(stderr)
+        )
         return rec
     if rc != 0:
         rec.update(status="failed", error=f"exit status {rc}", stderr_tail=_tail(stderr))
@@ -190,10 +237,16 @@ def _kill_group(proc: subprocess.Popen) -> None:
             os.killpg(proc.pid, signal.SIGKILL)
 
 
-def run_suite(suite: str, out: Path, *, stages: list[Stage] | None = None,
-              budget: float | None = None, timeout_scale: float = 1.0,
-              stage_args: dict[str, list[str]] | None = None,
-              stretch_for_load: bool = True) -> dict[str, Any]:
+def run_suite(
+    suite: str,
+    out: Path,
+    *,
+    stages: list[Stage] | None = None,
+    budget: float | None = None,
+    timeout_scale: float = 1.0,
+    stage_args: dict[str, list[str]] | None = None,
+    stretch_for_load: bool = True,
+) -> dict[str, Any]:
     """Runs the stages in order and writes ``suite.json`` + the report into ``out``.
 
     Args:
@@ -232,18 +285,31 @@ def run_suite(suite: str, out: Path, *, stages: list[Stage] | None = None,
         timeout = st.timeout(suite) * timeout_scale
         if left < timeout / 3:
             payload["stages"][st.name] = {
-                "stage": st.name, "module": st.module, "peers": st.peers, "status": "skipped",
+                "stage": st.name,
+                "module": st.module,
+                "peers": st.peers,
+                "status": "skipped",
                 "error": f"suite time budget: {max(left, 0):.0f} s left of {budget:.0f} s, "
-                         f"stage needs up to {timeout:.0f} s"}
+                f"stage needs up to {timeout:.0f} s",
+            }
             print(f"[suite] {st.name}: skipped (time budget)", file=sys.stderr, flush=True)
             continue
         print(f"[suite] {st.name} ({st.module}) ...", file=sys.stderr, flush=True)
-        rec = run_stage(st, suite, out / st.name, timeout=min(timeout, left),
-                        extra=(stage_args or {}).get(st.name),
-                        gpu=bool(payload["machine"].get("gpu")))
+        rec = run_stage(
+            st,
+            suite,
+            out / st.name,
+            timeout=min(timeout, left),
+            extra=(stage_args or {}).get(st.name),
+            gpu=bool(payload["machine"].get("gpu")),
+        )
         payload["stages"][st.name] = rec
-        print(f"[suite] {st.name}: {rec['status']} in {rec.get('wall_s', 0):.0f} s"
-              + (f" ({rec['error']})" if rec.get("error") else ""), file=sys.stderr, flush=True)
+        print(
+            f"[suite] {st.name}: {rec['status']} in {rec.get('wall_s', 0):.0f} s"
+            + (f" ({rec['error']})" if rec.get("error") else ""),
+            file=sys.stderr,
+            flush=True,
+        )
         _write_json(out / "suite.json", payload)  # partial results survive a crash of the suite
     payload["wall_s"] = round(time.perf_counter() - t_start, 1)
     payload["load_end"] = loadavg()
@@ -276,21 +342,47 @@ def default_out(suite: str) -> Path:
 def build_parser(prog: str = "python -m benchmarks") -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     ap.add_argument("--suite", choices=("quick", "full"), default="quick")
-    ap.add_argument("--out", type=Path, default=None,
-                    help="output directory (default benchmarks/results/suite_<suite>_<date>)")
-    ap.add_argument("--stages", default=",".join(STAGE_NAMES),
-                    help=f"comma-separated subset of {','.join(STAGE_NAMES)}")
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="output directory (default benchmarks/results/suite_<suite>_<date>)",
+    )
+    ap.add_argument(
+        "--stages",
+        default=",".join(STAGE_NAMES),
+        help=f"comma-separated subset of {','.join(STAGE_NAMES)}",
+    )
     ap.add_argument("--skip", default="", help="comma-separated stages to leave out")
-    ap.add_argument("--budget", type=float, default=None,
-                    help="whole-suite time budget in seconds (default: quick 570, full 14400)")
-    ap.add_argument("--timeout-scale", type=float, default=1.0,
-                    help="multiply every stage timeout and the budget (slow machines)")
-    ap.add_argument("--no-load-stretch", action="store_true",
-                    help="do not stretch timeouts by load average / cores on a busy machine")
-    ap.add_argument("--stage-args", action="append", default=[], metavar="STAGE=ARGS",
-                    help="extra arguments for one stage, e.g. eval='--checkpoint runs/x/export'")
-    ap.add_argument("--report-only", action="store_true",
-                    help="rebuild report.md and the charts from an existing suite.json in --out")
+    ap.add_argument(
+        "--budget",
+        type=float,
+        default=None,
+        help="whole-suite time budget in seconds (default: quick 570, full 14400)",
+    )
+    ap.add_argument(
+        "--timeout-scale",
+        type=float,
+        default=1.0,
+        help="multiply every stage timeout and the budget (slow machines)",
+    )
+    ap.add_argument(
+        "--no-load-stretch",
+        action="store_true",
+        help="do not stretch timeouts by load average / cores on a busy machine",
+    )
+    ap.add_argument(
+        "--stage-args",
+        action="append",
+        default=[],
+        metavar="STAGE=ARGS",
+        help="extra arguments for one stage, e.g. eval='--checkpoint runs/x/export'",
+    )
+    ap.add_argument(
+        "--report-only",
+        action="store_true",
+        help="rebuild report.md and the charts from an existing suite.json in --out",
+    )
     return ap
 
 
@@ -316,8 +408,10 @@ def main(argv: list[str] | None = None, prog: str = "python -m benchmarks") -> i
         for item in args.stage_args:
             name, sep, rest = item.partition("=")
             if not sep or name not in STAGE_NAMES:
-                raise ValueError(f"--stage-args {item!r}: expected STAGE=ARGS with STAGE one of "
-                                 f"{list(STAGE_NAMES)}")
+                raise ValueError(
+                    f"--stage-args {item!r}: expected STAGE=ARGS with STAGE one of "
+                    f"{list(STAGE_NAMES)}"
+                )
             extra.setdefault(name, []).extend(shlex.split(rest))
     except ValueError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
@@ -335,12 +429,21 @@ def main(argv: list[str] | None = None, prog: str = "python -m benchmarks") -> i
         _write_json(path, payload)
         print(json.dumps(payload["report"]))
         return 0
-    payload = run_suite(args.suite, out, stages=stages, budget=args.budget,
-                        timeout_scale=args.timeout_scale, stage_args=extra,
-                        stretch_for_load=not args.no_load_stretch)
+    payload = run_suite(
+        args.suite,
+        out,
+        stages=stages,
+        budget=args.budget,
+        timeout_scale=args.timeout_scale,
+        stage_args=extra,
+        stretch_for_load=not args.no_load_stretch,
+    )
     status = {k: v["status"] for k, v in payload["stages"].items()}
-    print(json.dumps({"out": str(out), "wall_s": payload["wall_s"], "stages": status,
-                      **payload["report"]}))
+    print(
+        json.dumps(
+            {"out": str(out), "wall_s": payload["wall_s"], "stages": status, **payload["report"]}
+        )
+    )
     return 0
 
 

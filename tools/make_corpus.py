@@ -46,26 +46,51 @@ def build_parser() -> argparse.ArgumentParser:
         prog="make_corpus.py",
         description="Write a realistic synthetic raw-count .h5ad (NB counts, cell types, batches).",
     )
-    p.add_argument("--cells", type=_cells, required=True,
-                   help="number of cells or a preset: 10k, 100k, 1m")
-    p.add_argument("--genes", type=_positive_int, default=20000,
-                   help="number of genes (default 20000; Geneformer V2 Ensembl IDs, padded)")
+    p.add_argument(
+        "--cells", type=_cells, required=True, help="number of cells or a preset: 10k, 100k, 1m"
+    )
+    p.add_argument(
+        "--genes",
+        type=_positive_int,
+        default=20000,
+        help="number of genes (default 20000; Geneformer V2 Ensembl IDs, padded)",
+    )
     p.add_argument("--out", required=True, help="output .h5ad path (overwritten)")
-    p.add_argument("--format", choices=("h5ad", "soma", "both"), default="h5ad",
-                   help="h5ad (default), soma (local TileDB-SOMA experiment only) or both")
-    p.add_argument("--soma-out", default=None,
-                   help="SOMA experiment directory (default: --out with a .soma suffix)")
+    p.add_argument(
+        "--format",
+        choices=("h5ad", "soma", "both"),
+        default="h5ad",
+        help="h5ad (default), soma (local TileDB-SOMA experiment only) or both",
+    )
+    p.add_argument(
+        "--soma-out",
+        default=None,
+        help="SOMA experiment directory (default: --out with a .soma suffix)",
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--nnz-per-cell", type=float, default=1500.0,
-                   help="expected detected genes per cell (default 1500)")
-    p.add_argument("--chunk-cells", type=_positive_int, default=10000,
-                   help="cells generated and written per step; bounds memory (default 10000)")
+    p.add_argument(
+        "--nnz-per-cell",
+        type=float,
+        default=1500.0,
+        help="expected detected genes per cell (default 1500)",
+    )
+    p.add_argument(
+        "--chunk-cells",
+        type=_positive_int,
+        default=10000,
+        help="cells generated and written per step; bounds memory (default 10000)",
+    )
     p.add_argument("--cell-types", type=_positive_int, default=8, help="cell types (default 8)")
     p.add_argument("--batches", type=_positive_int, default=2, help="batches (default 2)")
-    p.add_argument("--compression", choices=("none", "lzf", "gzip"), default="lzf",
-                   help="HDF5 compression of X (default lzf; none is fastest on a fast disk)")
-    p.add_argument("--threads", type=_positive_int, default=None,
-                   help="Numba threads (default: all)")
+    p.add_argument(
+        "--compression",
+        choices=("none", "lzf", "gzip"),
+        default="lzf",
+        help="HDF5 compression of X (default lzf; none is fastest on a fast disk)",
+    )
+    p.add_argument(
+        "--threads", type=_positive_int, default=None, help="Numba threads (default: all)"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -81,8 +106,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out)
     soma_out = Path(args.soma_out) if args.soma_out else out.with_suffix(".soma")
     if args.format != "h5ad" and soma_out.exists():
-        print(f"make_corpus.py: error: {soma_out} exists; delete it or pass another --soma-out",
-              file=sys.stderr)
+        print(
+            f"make_corpus.py: error: {soma_out} exists; delete it or pass another --soma-out",
+            file=sys.stderr,
+        )
         return 2
     if args.format == "soma":  # the h5ad is only the ingestion source: keep it out of the way
         out = soma_out.with_name(soma_out.name + ".src.h5ad")

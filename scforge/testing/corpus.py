@@ -48,16 +48,26 @@ def parse_cells(text: str | int) -> int:
     return value
 
 
-def corpus_paths(root: str | os.PathLike[str], n_cells: int, *, n_genes: int = 20_000,
-                 mean_nnz: float = 1500, seed: int = 0) -> tuple[Path, Path]:
+def corpus_paths(
+    root: str | os.PathLike[str],
+    n_cells: int,
+    *,
+    n_genes: int = 20_000,
+    mean_nnz: float = 1500,
+    seed: int = 0,
+) -> tuple[Path, Path]:
     """Where :func:`ensure_corpus` keeps a corpus: ``(h5ad file, SOMA directory)``."""
     stem = f"synthetic_{n_cells}x{n_genes}_nnz{mean_nnz:g}_seed{seed}"
     root = Path(root)
     return root / f"{stem}.h5ad", root / f"{stem}.soma"
 
 
-def write_soma(h5ad: str | os.PathLike[str], uri: str | os.PathLike[str], *,
-               goal_chunk_nnz: int = _SOMA_GOAL_NNZ) -> dict[str, Any]:
+def write_soma(
+    h5ad: str | os.PathLike[str],
+    uri: str | os.PathLike[str],
+    *,
+    goal_chunk_nnz: int = _SOMA_GOAL_NNZ,
+) -> dict[str, Any]:
     """Ingests an h5ad into a new local SOMA experiment (``RNA`` / ``raw``) in bounded memory.
 
     The experiment is written to ``uri + '.tmp'`` and renamed when complete.
@@ -83,22 +93,34 @@ def write_soma(h5ad: str | os.PathLike[str], uri: str | os.PathLike[str], *,
     t0 = time.perf_counter()
     cfg = {"tiledb": {"create": {"goal_chunk_nnz": int(goal_chunk_nnz)}}}
     try:
-        tiledbsoma.io.from_h5ad(str(tmp), str(h5ad), "RNA", X_layer_name="raw",
-                                platform_config=cfg)
+        tiledbsoma.io.from_h5ad(str(tmp), str(h5ad), "RNA", X_layer_name="raw", platform_config=cfg)
         os.replace(tmp, uri)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     seconds = time.perf_counter() - t0
     size = sum(p.stat().st_size for p in uri.rglob("*") if p.is_file())
-    return {"uri": str(uri), "seconds": round(seconds, 3), "bytes": size,
-            "tiledbsoma": tiledbsoma.__version__}
+    return {
+        "uri": str(uri),
+        "seconds": round(seconds, 3),
+        "bytes": size,
+        "tiledbsoma": tiledbsoma.__version__,
+    }
 
 
-def ensure_corpus(root: str | os.PathLike[str], cells: str | int, *, n_genes: int = 20_000,
-                  mean_nnz: float = 1500, seed: int = 0, soma: bool = False,
-                  chunk_cells: int = 10_000, compression: str | None = "lzf",
-                  n_threads: int | None = None, progress: bool = False) -> dict[str, Any]:
+def ensure_corpus(
+    root: str | os.PathLike[str],
+    cells: str | int,
+    *,
+    n_genes: int = 20_000,
+    mean_nnz: float = 1500,
+    seed: int = 0,
+    soma: bool = False,
+    chunk_cells: int = 10_000,
+    compression: str | None = "lzf",
+    n_threads: int | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
     """Makes (or reuses) a corpus under ``root``; returns paths and generation figures.
 
     An existing file is reused as is (files appear only when complete, so a present file is a
@@ -111,13 +133,27 @@ def ensure_corpus(root: str | os.PathLike[str], cells: str | int, *, n_genes: in
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     h5ad, soma_uri = corpus_paths(root, n_cells, n_genes=n_genes, mean_nnz=mean_nnz, seed=seed)
-    out: dict[str, Any] = {"h5ad": str(h5ad), "soma": None, "n_cells": n_cells,
-                           "n_genes": n_genes, "seed": seed, "reused": True}
+    out: dict[str, Any] = {
+        "h5ad": str(h5ad),
+        "soma": None,
+        "n_cells": n_cells,
+        "n_genes": n_genes,
+        "seed": seed,
+        "reused": True,
+    }
     if not h5ad.exists():
         out["reused"] = False
         out["generate"] = write_synthetic_h5ad(
-            h5ad, n_cells, n_genes, seed=seed, mean_nnz=mean_nnz, chunk_cells=chunk_cells,
-            compression=compression, n_threads=n_threads, progress=progress)
+            h5ad,
+            n_cells,
+            n_genes,
+            seed=seed,
+            mean_nnz=mean_nnz,
+            chunk_cells=chunk_cells,
+            compression=compression,
+            n_threads=n_threads,
+            progress=progress,
+        )
     if soma:
         if not soma_uri.exists():
             out["reused"] = False

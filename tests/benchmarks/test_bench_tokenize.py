@@ -15,8 +15,12 @@ def test_scgpt_port_matches_reference_tie_ranges(pbmc_first2000):
     assert np.array_equal(ref["offsets"], indptr)
     np.random.seed(0)
     n_cells = 300
-    got = np.concatenate([scgpt_binning_port(data[indptr[r]:indptr[r + 1]], int(ref["n_bins"]))
-                          for r in range(n_cells)])
+    got = np.concatenate(
+        [
+            scgpt_binning_port(data[indptr[r] : indptr[r + 1]], int(ref["n_bins"]))
+            for r in range(n_cells)
+        ]
+    )
     lo, hi = ref["tie_lo"][: indptr[n_cells]], ref["tie_hi"][: indptr[n_cells]]
     assert np.all((got >= lo) & (got <= hi))
     fixed = lo == hi

@@ -42,8 +42,9 @@ def fake_repo(tmp_path, monkeypatch):
         (pkg / f"{name}.py").write_text(textwrap.dedent(src))
     monkeypatch.setattr(suite, "REPO", tmp_path)
     # the machine description imports torch; not what this test is about
-    monkeypatch.setattr(suite, "machine", lambda: {"cpu": "test", "cores": 1, "date": "d",
-                                                   "packages": {"x": "1"}})
+    monkeypatch.setattr(
+        suite, "machine", lambda: {"cpu": "test", "cores": 1, "date": "d", "packages": {"x": "1"}}
+    )
     return tmp_path
 
 
@@ -52,15 +53,25 @@ def _stage(name: str, module: str, timeout: int = 60) -> suite.Stage:
 
 
 def test_failing_hanging_missing_stages_do_not_stop_the_suite(fake_repo, tmp_path):
-    stages = [_stage("first", "ok"), _stage("broken", "fail"), _stage("stuck", "hang", 3),
-              _stage("absent", "nosuchmodule"), _stage("silent", "nojson"),
-              _stage("last", "ok")]
+    stages = [
+        _stage("first", "ok"),
+        _stage("broken", "fail"),
+        _stage("stuck", "hang", 3),
+        _stage("absent", "nosuchmodule"),
+        _stage("silent", "nojson"),
+        _stage("last", "ok"),
+    ]
     out = tmp_path / "out"
     payload = suite.run_suite("quick", out, stages=stages, budget=600, stretch_for_load=False)
     st = payload["stages"]
     assert {k: v["status"] for k, v in st.items()} == {
-        "first": "ok", "broken": "failed", "stuck": "timeout", "absent": "missing",
-        "silent": "failed", "last": "ok"}
+        "first": "ok",
+        "broken": "failed",
+        "stuck": "timeout",
+        "absent": "missing",
+        "silent": "failed",
+        "last": "ok",
+    }
     assert st["first"]["result"]["quick"] is True  # the quick suite passed --quick
     assert st["first"]["result"]["ratios"] == {"fake_vs_peer": 3.5}
     assert "something broke" in st["broken"]["stderr_tail"]
@@ -77,8 +88,9 @@ def test_failing_hanging_missing_stages_do_not_stop_the_suite(fake_repo, tmp_pat
 
 def test_budget_skips_stages_that_cannot_finish(fake_repo, tmp_path):
     stages = [_stage("first", "ok", timeout=30), _stage("second", "ok", timeout=3000)]
-    payload = suite.run_suite("quick", tmp_path / "out", stages=stages, budget=60,
-                              stretch_for_load=False)
+    payload = suite.run_suite(
+        "quick", tmp_path / "out", stages=stages, budget=60, stretch_for_load=False
+    )
     assert payload["stages"]["first"]["status"] == "ok"
     assert payload["stages"]["second"]["status"] == "skipped"
     assert "budget" in payload["stages"]["second"]["error"]

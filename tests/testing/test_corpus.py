@@ -63,15 +63,31 @@ def test_soma_corpus_holds_the_h5ad_counts(tmp_path):
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / "tools/make_corpus.py"), *args],
-                          capture_output=True, text=True, cwd=REPO, timeout=300)
+    return subprocess.run(
+        [sys.executable, str(REPO / "tools/make_corpus.py"), *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
 
 
 def test_make_corpus_cli_soma_only_and_errors(tmp_path):
     pytest.importorskip("tiledbsoma", reason="tiledbsoma is in the census extra")
     out = tmp_path / "c.h5ad"
-    r = _cli("--cells", "120", "--genes", "2000", "--nnz-per-cell", "150", "--out", str(out),
-             "--format", "soma", "--no-progress")
+    r = _cli(
+        "--cells",
+        "120",
+        "--genes",
+        "2000",
+        "--nnz-per-cell",
+        "150",
+        "--out",
+        str(out),
+        "--format",
+        "soma",
+        "--no-progress",
+    )
     assert r.returncode == 0, r.stderr
     summary = json.loads(r.stdout.strip().splitlines()[-1])
     assert summary["n_cells"] == 120 and summary["path"] is None
