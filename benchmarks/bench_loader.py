@@ -18,24 +18,34 @@ The consumer only counts cells (a GPU trainer would copy the tensors to the devi
 numbers are delivery rates. ``--corpus PATH`` (or ``--synthetic N`` through
 ``scforge.testing.write_synthetic_h5ad``) adds a large-corpus scforge run with 2 workers.
 
-Usage: ``python -m benchmarks.bench_loader [--repeat 8] [--corpus big.h5ad]``.
+Besides wall-clock rates, every run reports the CPU time each delivered cell cost in the
+consuming process and in its workers (sampled over the process tree): on a shared machine the
+rates move with the load, the CPU per cell much less, and ``cores / CPU per cell`` bounds what
+the same code reaches on idle cores (reported as the CPU-bound ceiling).
+
+Usage: ``python -m benchmarks.bench_loader [--quick] [--out DIR] [--synthetic 1000000]``
+(``--quick``: pbmc only, one trial, about 2 minutes; results go to ``--out``, default
+``benchmarks/results``, as ``loader_<date>[_quick].json/.md``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
 import resource
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 import scipy.sparse as sp
 import torch
 
@@ -43,6 +53,8 @@ from benchmarks.common import RESULTS, machine
 
 REPO = Path(__file__).resolve().parents[1]
 PBMC = REPO / ".." / "shared" / "data" / "pbmc_2batch.h5ad"
+DEPS = REPO / "benchmarks" / "data" / "pydeps"
+"""Throwaway ``pip install --no-deps --target`` directory for baseline loaders (scdataset)."""
 BATCH, MAX_LEN = 64, 2048
 
 
@@ -151,28 +163,83 @@ class BackedBatches(torch.utils.data.Dataset):
 
 
 # ----------------------------------------------------------------------------- measuring
-def measure(batches: Iterable[Any], size: Callable[[Any], int], limit: int | None = None) -> dict:
-    """Cells/s overall and after the first batch (startup excluded), main-process CPU/cell."""
+class TreeCPU:
+    """CPU seconds (user + system) used by this process's descendants while it runs.
+
+    DataLoader workers (forkserver children) are not reaped by this process, so
+    ``RUSAGE_CHILDREN`` misses them; they are sampled with psutil every ``interval`` seconds
+    instead (a worker's last < ``interval`` s before it exits is missed: a slight undercount).
+    """
+
+    def __init__(self, interval: float = 0.1) -> None:
+        self.me = psutil.Process()
+        self.interval = interval
+        self.base: dict[int, float] = {}
+        self.last: dict[int, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> dict[int, float]:
+        out = {}
+        for p in self.me.children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                t = p.cpu_times()
+                out[p.pid] = t.user + t.system
+        return out
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.last.update(self._sample())
+
+    def __enter__(self) -> TreeCPU:
+        self.base = self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.last.update(self._sample())
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def seconds(self) -> float:
+        return sum(max(0.0, v - self.base.get(k, 0.0)) for k, v in self.last.items())
+
+
+def measure(batches: Iterable[Any], size: Callable[[Any], int], limit: int | None = None,
+            tokens: Callable[[Any], int] | None = None) -> dict:
+    """Cells/s overall and after the first batch (startup excluded), and CPU per cell of this
+    process and of its workers (load-independent: what the cells cost, not how long they took
+    on a shared machine)."""
     t0 = time.perf_counter()
     r0 = resource.getrusage(resource.RUSAGE_SELF)
-    n = n_first = 0
+    n = n_first = n_tok = 0
     t_first = None
-    for b in batches:
-        n += size(b)
-        if t_first is None:
-            t_first, n_first = time.perf_counter(), n
-        if limit is not None and n >= limit:
-            break
-    t1 = time.perf_counter()
-    r1 = resource.getrusage(resource.RUSAGE_SELF)
+    with TreeCPU() as tree:
+        for b in batches:
+            n += size(b)
+            if tokens is not None:
+                n_tok += tokens(b)
+            if t_first is None:
+                t_first, n_first = time.perf_counter(), n
+            if limit is not None and n >= limit:
+                break
+        t1 = time.perf_counter()
+        r1 = resource.getrusage(resource.RUSAGE_SELF)
     cpu = r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime
     steady = (n - n_first) / (t1 - t_first) if t_first is not None and t1 > t_first else 0.0
-    return {"cells": n, "seconds": round(t1 - t0, 3), "cells_per_s": round(n / (t1 - t0)),
-            "steady_cells_per_s": round(steady), "first_batch_s": round((t_first or t1) - t0, 3),
-            "main_cpu_us_per_cell": round(cpu / max(n, 1) * 1e6, 2)}
+    out = {"cells": n, "seconds": round(t1 - t0, 3), "cells_per_s": round(n / (t1 - t0)),
+           "steady_cells_per_s": round(steady), "first_batch_s": round((t_first or t1) - t0, 3),
+           "main_cpu_us_per_cell": round(cpu / max(n, 1) * 1e6, 2),
+           "worker_cpu_us_per_cell": round(tree.seconds / max(n, 1) * 1e6, 2)}
+    out["total_cpu_us_per_cell"] = round(out["main_cpu_us_per_cell"]
+                                         + out["worker_cpu_us_per_cell"], 2)
+    if tokens is not None:
+        out["tokens_per_cell"] = round(n_tok / max(n, 1), 1)
+    return out
 
 
-def run_scforge(shards: Path, workers: int, epochs: int) -> dict:
+def run_scforge(shards: Path, workers: int, epochs: int, limit: int | None = None) -> dict:
     from scforge.data.stream import ShardStream, StatefulLoader, StreamConfig
 
     cfg = StreamConfig(batch_size=BATCH, max_len=MAX_LEN)
@@ -183,7 +250,8 @@ def run_scforge(shards: Path, workers: int, epochs: int) -> dict:
         for _ in range(epochs):
             yield from loader
 
-    res = measure(all_epochs(), lambda b: b.size)
+    res = measure(all_epochs(), lambda b: b.size, limit=limit,
+                  tokens=lambda b: int(b.attention_mask.shape[1]) * b.size)
     res.update(workers=workers, epochs=epochs, pad_fraction=round(stream.metrics["pad_fraction"], 4))
     return res
 
@@ -239,37 +307,69 @@ def _annbatch_status() -> str:
                 f"(this venv: {sys.version.split()[0]})")
 
 
+def _row(name: str, r: dict) -> str:
+    if "error" in r:
+        return f"| {name} | {r['workers']} | | | | | | | | {r['error']} |"
+    return (f"| {name} | {r['workers']} | {r['cells']:,} | {r['cells_per_s']:,} | "
+            f"{r['steady_cells_per_s']:,} | {r['first_batch_s']} | {r['main_cpu_us_per_cell']} | "
+            f"{r['worker_cpu_us_per_cell']} | {r['total_cpu_us_per_cell']} | "
+            f"{r.get('tokens_per_cell', '')} |")
+
+
 def markdown(payload: dict) -> str:
     m = payload["machine"]
-    lines = [f"# Loader benchmark ({m['date']})", "",
+    lines = [f"# Loader benchmark ({m['date']}{', quick' if payload.get('quick') else ''})", "",
              f"Machine: {m['cpu']}, {m['cores']} cores, {m['ram_gb']} GiB RAM, GPU: {m['gpu']}; "
              f"git {m['git']}; 1-min load average {payload['load_average']:.2f} at start, "
              f"{payload['load_average_end']:.2f} at end (other sessions share the cores); "
              f"{json.dumps(m['versions'])}", "",
              f"Batches of {BATCH} cells, Geneformer V2 tokens padded to the longest cell "
              f"(<= {MAX_LEN}), BERT-masked 15% (80/10/10), torch tensors. Input: "
-             f"{payload['input']}. Steady = after the first batch (worker start-up excluded).", "",
+             f"{payload['input']}. Steady = after the first batch (worker start-up excluded). "
+             "CPU columns: microseconds of CPU per delivered cell in the consuming process "
+             "(main) and in its DataLoader workers: what a cell costs, whatever else runs on "
+             "the machine.", "",
              "| pipeline | workers | cells | cells/s | steady cells/s | first batch (s) | "
-             "main CPU us/cell |", "|---|---:|---:|---:|---:|---:|---:|"]
+             "main CPU us/cell | worker CPU us/cell | total CPU us/cell | tokens/cell |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, runs in (("scforge ShardStream", payload["scforge"]),
                        ("(a) AnnData backed + per-cell NumPy", payload["backed"]),
                        ("(b) scDataset + per-cell NumPy", payload["scdataset"]),
-                       ("scforge, large corpus", payload.get("corpus_runs", []))):
-        for r in runs:
-            if "error" in r:
-                lines.append(f"| {name} | {r['workers']} | | | | | {r['error']} |")
-                continue
-            lines.append(f"| {name} | {r['workers']} | {r['cells']:,} | {r['cells_per_s']:,} | "
-                         f"{r['steady_cells_per_s']:,} | {r['first_batch_s']} | "
-                         f"{r['main_cpu_us_per_cell']} |")
+                       ("scforge, 1M synthetic corpus", payload.get("corpus_runs", []))):
+        lines += [_row(name, r) for r in runs]
     lines += ["", f"- sharding the input once: {payload['sharding']['cells_per_s']:,} cells/s "
               f"({payload['sharding']['seconds']} s)",
               f"- pad fraction with length bucketing: {payload['scforge'][0]['pad_fraction']}",
               f"- annbatch: {payload['annbatch']}"]
+    if "corpus" in payload:
+        lines.append(f"- large corpus: {payload['corpus']} ({payload.get('corpus_note', '')})")
     for k, v in payload["ratios"].items():
         lines.append(f"- {k}: **{v}x**")
+    for k, v in payload.get("cpu_bound", {}).items():
+        lines.append(f"- {k}: {v:,} cells/s")
     lines += ["", "Targets in the issue: >= 100k cells/s with 2 workers; >= 10x (a); ahead of (b)."]
     return "\n".join(lines) + "\n"
+
+
+def _start_forkserver(shards: Path) -> None:
+    """Starts the worker forkserver (imports torch, numba, the loader) before anything is
+    measured: it is paid once per training process, not per epoch or per cell."""
+    from scforge.data.stream import ShardStream, StatefulLoader, StreamConfig
+
+    loader = StatefulLoader(ShardStream(shards, StreamConfig(batch_size=BATCH)), num_workers=1)
+    next(iter(loader))
+
+
+def _corpus_shards(corpus: Path, tmp: Path, payload: dict) -> Path:
+    """Shards of a large corpus: the directory itself, or cached next to its h5ad."""
+    if (corpus / "manifest.json").is_file():
+        return corpus
+    cache = corpus.parent / "loader_shards" / f"{corpus.stem}_gf_v2_cps50000"
+    if not (cache / "manifest.json").is_file():
+        t0 = time.perf_counter()
+        shard([corpus], cache, cells_per_shard=50_000)
+        payload["corpus_sharding_s"] = round(time.perf_counter() - t0, 1)
+    return cache
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -280,32 +380,50 @@ def main(argv: list[str] | None = None) -> dict:
                          "of 10k cells per worker)")
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--baseline-batches", type=int, default=60)
-    ap.add_argument("--scdataset-path", type=Path, default=None)
+    ap.add_argument("--scdataset-path", type=Path, default=DEPS if DEPS.is_dir() else None,
+                    help="a `pip install --no-deps --target DIR scdataset` directory "
+                         f"(default {DEPS.relative_to(REPO)} when present)")
     ap.add_argument("--corpus", type=Path, default=None,
                     help="large h5ad to shard and stream (or a shard directory)")
     ap.add_argument("--synthetic", type=int, default=0,
-                    help="generate a synthetic corpus of this many cells (scforge.testing)")
+                    help="use the synthetic corpus of this many cells under benchmarks/data "
+                         "(scforge.testing.corpus; made if missing)")
+    ap.add_argument("--corpus-cells", type=int, default=400_000,
+                    help="cells measured per large-corpus run (the first ones of an epoch)")
     ap.add_argument("--trials", type=int, default=2,
                     help="repeat each measurement; the best trial is reported (shared machines)")
+    ap.add_argument("--quick", action="store_true",
+                    help="about 2 minutes: pbmc only, 1 trial, fewer epochs, small baselines")
+    ap.add_argument("--out", type=Path, default=RESULTS, help="where the .json/.md go")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args(argv)
+    if args.quick:
+        args.repeat, args.epochs, args.trials = min(args.repeat, 2), 1, 1
+        args.baseline_batches = min(args.baseline_batches, 15)
+        args.corpus, args.synthetic = None, 0
     if args.scdataset_path is not None:
         sys.path.insert(0, str(args.scdataset_path))
     payload: dict[str, Any] = {"machine": machine(), "load_average": os.getloadavg()[0],
+                               "quick": args.quick,
                                "config": {"batch_size": BATCH, "max_len": MAX_LEN,
-                                          "masking": "bert 0.15 80/10/10"}}
+                                          "masking": "bert 0.15 80/10/10", "epochs": args.epochs,
+                                          "trials": args.trials,
+                                          "baseline_batches": args.baseline_batches}}
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "shards"
         t0 = time.perf_counter()
         job = shard([args.h5ad] * args.repeat, out, cells_per_shard=2000)
         secs = time.perf_counter() - t0
-        payload["input"] = f"{args.h5ad.name} x {args.repeat} = {job['cells']:,} real cells; best of {args.trials} trials"
+        payload["input"] = (f"{args.h5ad.name} x {args.repeat} = {job['cells']:,} real cells; "
+                            f"best of {args.trials} trials")
         payload["sharding"] = {"seconds": round(secs, 1), "cells_per_s": round(job["cells"] / secs)}
+
         def best(fn: Callable[[], dict]) -> dict:
             runs = [fn() for _ in range(args.trials)]
             top = max(runs, key=lambda r: r.get("steady_cells_per_s", 0))
             return {**top, "trials_steady": [r.get("steady_cells_per_s") for r in runs]}
 
+        _start_forkserver(out)
         payload["scforge"] = [best(lambda w=w: run_scforge(out, w, args.epochs))
                               for w in (0, 1, 2)]
         payload["backed"] = [best(lambda w=w: run_backed(args.h5ad, w, args.baseline_batches))
@@ -316,36 +434,50 @@ def main(argv: list[str] | None = None) -> dict:
         payload["annbatch"] = _annbatch_status()
         corpus = args.corpus
         if corpus is None and args.synthetic:
-            from scforge.testing import write_synthetic_h5ad
+            from scforge.testing.corpus import ensure_corpus
 
-            corpus = Path(tmp) / "synthetic.h5ad"
-            write_synthetic_h5ad(corpus, args.synthetic, 20_000, seed=0)
-        if corpus is not None and (corpus / "manifest.json").is_file():
-            big = corpus  # already sharded
-        elif corpus is not None:
-            big = Path(tmp) / "corpus_shards"
-            t0 = time.perf_counter()
-            shard([corpus], big, cells_per_shard=50_000)
-            payload["corpus_sharding_s"] = round(time.perf_counter() - t0, 1)
+            corpus = Path(ensure_corpus(REPO / "benchmarks" / "data", args.synthetic)["h5ad"])
         if corpus is not None:
-            payload["corpus"] = str(corpus)
-            payload["corpus_runs"] = [best(lambda: run_scforge(big, 2, 1))]
+            big = _corpus_shards(corpus, Path(tmp), payload)
+            payload["corpus"] = str(corpus.relative_to(REPO) if corpus.is_relative_to(REPO)
+                                    else corpus)
+            payload["corpus_note"] = (f"first {args.corpus_cells:,} cells of an epoch per run, "
+                                      "shards of 50,000 cells")
+            payload["corpus_runs"] = [best(lambda w=w: run_scforge(big, w, 1, args.corpus_cells))
+                                      for w in (0, 1, 2)]
     payload["load_average_end"] = os.getloadavg()[0]
-    best = max(r["steady_cells_per_s"] for r in payload["scforge"] if r["workers"] == 2)
-    ratios = {"scforge 2 workers / (a) best": round(best / max(
-        r["steady_cells_per_s"] for r in payload["backed"]), 1)}
-    scd = [r["steady_cells_per_s"] for r in payload["scdataset"] if "error" not in r]
-    if scd:
-        ratios["scforge 2 workers / (b) best"] = round(best / max(scd), 1)
-    payload["ratios"] = ratios
+    payload["ratios"], payload["cpu_bound"] = _ratios(payload)
     print(json.dumps(payload, indent=1, default=str))
     if not args.no_write:
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        stem = RESULTS / f"loader_{dt.date.today().isoformat()}"
+        args.out.mkdir(parents=True, exist_ok=True)
+        stem = args.out / f"loader_{dt.date.today().isoformat()}{'_quick' if args.quick else ''}"
         stem.with_suffix(".json").write_text(json.dumps(payload, indent=1, default=str) + "\n")
         stem.with_suffix(".md").write_text(markdown(payload))
         print(f"wrote {stem}.json and {stem}.md", file=sys.stderr)
     return payload
+
+
+def _ratios(payload: dict) -> tuple[dict[str, float], dict[str, int]]:
+    """Steady-rate ratios of scforge with 2 workers against the baselines (same run), and the
+    CPU-bound rate each scforge configuration would reach on idle cores (cores / CPU per cell)."""
+    two = max(r["steady_cells_per_s"] for r in payload["scforge"] if r["workers"] == 2)
+    ratios = {"scforge 2 workers / (a) best": round(two / max(
+        r["steady_cells_per_s"] for r in payload["backed"]), 1)}
+    scd = [r["steady_cells_per_s"] for r in payload["scdataset"] if "error" not in r]
+    if scd:
+        ratios["scforge 2 workers / (b) best"] = round(two / max(scd), 1)
+    cores = payload["machine"]["cores"] or 1
+    bound: dict[str, int] = {}
+    for label, runs in (("pbmc", payload["scforge"]), ("1M", payload.get("corpus_runs", []))):
+        for r in runs:
+            w, main, total = (r["workers"], r.get("main_cpu_us_per_cell"),
+                              r.get("total_cpu_us_per_cell"))
+            if not w or not total or not main or not r.get("worker_cpu_us_per_cell"):
+                continue
+            # Limited by all cores, by the workers (one core each) and by the main process.
+            cap = min(cores * 1e6 / total, w * 1e6 / r["worker_cpu_us_per_cell"], 1e6 / main)
+            bound[f"CPU-bound ceiling on {cores} idle cores, {label}, {w} workers"] = round(cap)
+    return ratios, bound
 
 
 if __name__ == "__main__":

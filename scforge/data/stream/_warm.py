@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import warnings
 
 from scforge.data.stream.fused import warm
@@ -11,3 +12,7 @@ try:
 except Exception as e:  # noqa: BLE001 - warming is an optimisation; workers load it themselves
     warnings.warn(f"could not preload the fused batch kernel ({e}); each loader worker will "
                   "load it on its first batch", stacklevel=1)
+
+# Workers fork from this server: keep the garbage collector from touching (and so copying, page
+# by page) the server's objects in every child.
+gc.freeze()
