@@ -3,9 +3,9 @@
 The layout is AnnData's (``X`` as a CSR group or a dense array, ``obs``/``var`` dataframes), so
 the logic mirrors :mod:`scforge.data.sources.h5ad`: only ``indptr`` is held whole, each chunk reads
 exactly the bytes of its rows. The ``data``/``indices`` slices are read with tensorstore by default:
-on 4,096-row chunks of pbmc_2batch (``benchmarks/bench_store.py``, 2 shared cores) it read
-1.3-2.8x faster than zarr-python from anndata's zarr v2 (blosc-lz4) and 1.2x faster from v3
-(zstd, itself ~4x slower to decode than v2); ``backend="zarr"`` switches.
+on 4,096-row chunks of pbmc_2batch (``benchmarks/bench_store.py``, three runs on 2 shared cores)
+it read 1.3-2.8x faster than zarr-python from anndata's zarr v2 (blosc-lz4) and 1.2-1.9x faster
+from v3 (zstd, itself 2-4x slower to decode than v2); ``backend="zarr"`` switches.
 """
 
 from __future__ import annotations
