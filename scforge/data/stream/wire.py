@@ -65,7 +65,8 @@ class Arena:
     Args:
         buffer: uint8 tensor over one storage.
         start: first usable byte (pooled arenas keep a header before it).
-        pooled: the buffer is a reusable :class:`ShmPool` slot (released after materialising).
+        pooled: the buffer is a reusable :class:`ShmPool` slot (released in the main process
+            once no tensor views it any more, see :func:`_lease`).
     """
 
     def __init__(self, buffer: torch.Tensor, *, start: int = 0, pooled: bool = False) -> None:
@@ -189,7 +190,7 @@ class Recycler:
 
 
 RECYCLER = Recycler()
-"""Recycles the materialised batch tensors of this process."""
+"""Recycles the arenas of in-process batches (``num_workers=0``) once their tensors die."""
 
 
 class StreamBatch(Batch):
@@ -228,8 +229,8 @@ def materialize(buffer: torch.Tensor, layout: Layout, lengths: list[int],
                 ) -> StreamBatch:
     """The contract batch over its arena: every tensor is a view of ``buffer`` (no copy).
 
-    Workers build arrays in the contract's dtypes, so there is nothing to convert; ``lengths``
-    only travel for the metrics.
+    Workers build arrays in the contract's dtypes, so there is nothing to convert (``lengths``,
+    the real tokens per row, are not needed here).
     """
     tensors = {name: _view(buffer, dtype, off, shape) for name, dtype, off, shape in layout}
     batch = StreamBatch(**tensors, obs=obs, cell_ids=cell_ids)

@@ -130,8 +130,8 @@ class MaskingStrategy:
     """Distinct hash stream per strategy, so switching strategy does not reuse positions."""
     outputs: ClassVar[tuple[tuple[str, str], ...]] = ()
     """``(Batch field, dtype)`` of the [B, L] arrays the strategy fills; dtype ``"ids"`` means
-    the token id wire dtype (int16/int32). The collator allocates them (in shared memory when in
-    a DataLoader worker)."""
+    the token id dtype (int64, the contract's). The collator allocates them (in shared memory
+    when in a DataLoader worker)."""
 
     def __init__(self, cfg: MaskingConfig, specials: Specials, *, has_values: bool) -> None:
         self.cfg = cfg
@@ -158,7 +158,7 @@ class MaskingStrategy:
         """Masks a padded batch in place; returns how many positions were selected.
 
         Args:
-            ids: int16/int32 [B, L] token ids, ``<pad>`` past each cell's end; modified in place.
+            ids: int64 [B, L] token ids, ``<pad>`` past each cell's end; modified in place.
             values: float32 [B, L] (0 past each cell's end) or None; modified in place.
             draws: uint32 [B, L] per-token uniform draws (see :func:`token_draws`).
             out: uninitialised [B, L] arrays for every field in :attr:`outputs`; the strategy
