@@ -145,6 +145,30 @@ class WandbConfig:
 
 
 @dataclass
+class InTrainingEvalConfig:
+    """Evaluation tasks (``scforge.eval``) on a small labelled AnnData during training.
+
+    Every ``every`` steps (and after the last one when ``at_end``) rank 0 embeds the cells with
+    the live model and runs ``tasks``; the scores are logged as ``kind: eval`` JSONL records
+    (``eval/<task>/<metric>``) and mirrored to wandb.
+    """
+
+    every: int = 0
+    """Evaluate every N optimizer steps; 0 disables in-training evaluation."""
+    data: str = ""
+    """Labelled h5ad with raw counts (tokenized once, like the training shards)."""
+    tasks: list[str] = field(default_factory=lambda: ["linear_probe"])
+    """Registered eval tasks; ``linear_probe`` is cheap, ``embedding_quality`` runs scib."""
+    label_key: str = "cell_type"
+    batch_key: str = "batch"
+    max_cells: int = 2000
+    """Seeded random subsample of this many cells (0 = all): keeps each check to seconds."""
+    batch_size: int = 64
+    seed: int = 0
+    at_end: bool = True
+
+
+@dataclass
 class TrainConfig:
     """Everything a training run needs; ``configs/train/*.yaml`` are instances of it."""
 
@@ -153,6 +177,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: LoopConfig = field(default_factory=LoopConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
+    eval: InTrainingEvalConfig = field(default_factory=InTrainingEvalConfig)
 
     def validate(self) -> None:
         """Checks ranges and combinations, raising ``ConfigError`` naming the key and a fix."""
@@ -162,6 +187,23 @@ class TrainConfig:
         _validate_loop(self.train, has_val=bool(self.data.val or self.data.val_fraction))
         if self.wandb.mode not in WANDB_MODES:
             raise ConfigError(f"wandb.mode={self.wandb.mode!r}; choose one of {list(WANDB_MODES)}")
+        _validate_eval(self.eval)
+
+
+def _validate_eval(e: InTrainingEvalConfig) -> None:
+    if e.every < 0:
+        raise ConfigError(f"eval.every={e.every} must be >= 0 (0 = no in-training evaluation)")
+    if not e.every:
+        return
+    if not e.data:
+        raise ConfigError(f"eval.every={e.every} but eval.data is empty; set it to a labelled "
+                          "h5ad with raw counts, or eval.every=0")
+    if not e.tasks:
+        raise ConfigError("eval.tasks is empty; list at least one task, e.g. [linear_probe]")
+    if e.max_cells < 0:
+        raise ConfigError(f"eval.max_cells={e.max_cells} must be >= 0 (0 = all cells)")
+    if e.batch_size < 1:
+        raise ConfigError(f"eval.batch_size={e.batch_size} must be >= 1")
 
 
 def _validate_model(m: ModelConfig) -> None:

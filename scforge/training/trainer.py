@@ -30,6 +30,7 @@ from scforge.config.loader import ConfigError
 from scforge.contracts import Batch
 from scforge.models import get_model
 from scforge.training import checkpoint as ckpt
+from scforge.training.callbacks import Callback, due, forked_rng, make_callbacks
 from scforge.training.compile import compile_blocks
 from scforge.training.config import TrainConfig
 from scforge.training.data import bind_config, make_train_loader, make_val_stream
@@ -57,6 +58,8 @@ class TrainResult:
     losses: list[float] = field(default_factory=list)
     """Global mean loss of every logged step run by this call (not those before a resume)."""
     val: dict[str, float] = field(default_factory=dict)
+    callbacks: dict[str, dict[str, float]] = field(default_factory=dict)
+    """The last scores of each callback, by its name (e.g. ``{"eval": {...}}``)."""
     stopped_early: bool = False
     checkpoint: Path | None = None
     export_dir: Path | None = None
@@ -70,9 +73,12 @@ class Trainer:
         cfg: the training config (validated; bound to the shards here).
         world: process layout; default: initialise torch.distributed through DeepSpeed (a bare
             process becomes a one-rank world).
+        callbacks: extra step callbacks (see :mod:`scforge.training.callbacks`), run after
+            those the config asks for (``eval.every``).
     """
 
-    def __init__(self, cfg: TrainConfig, *, world: World | None = None) -> None:
+    def __init__(self, cfg: TrainConfig, *, world: World | None = None,
+                 callbacks: list[Callback] | None = None) -> None:
         cfg.validate()
         self.world = world or init_process_group()
         self.cfg, self.manifest = bind_config(cfg)
@@ -97,6 +103,9 @@ class Trainer:
                                         world_size=self.world.world_size)
         self.val_stream = make_val_stream(self.cfg, rank=self.world.rank,
                                           world_size=self.world.world_size)
+        self.callbacks: list[Callback] = [
+            *make_callbacks(self.cfg, self.manifest, is_main=self.world.is_main),
+            *(callbacks or [])]
         self.early = EarlyStopping(t.early_stopping)
         self.peak = peak_tflops(self.world.device, t.precision, t.peak_tflops)
         self.step = 0
@@ -279,10 +288,18 @@ class Trainer:
                     result.val = self._run_validation(logger)
                     last_val = self.step
                     result.stopped_early = self.early.should_stop
+                for cb in self.callbacks:
+                    if due(cb, self.step):
+                        result.callbacks[cb.name] = self._run_callback(cb, logger)
                 if t.ckpt_every and self.step % t.ckpt_every == 0:
                     tag_dir, last_ckpt = self.save_checkpoint(), self.step
+                if not window:  # just logged: validation/callbacks/checkpoint not in throughput
+                    tick = time.perf_counter()
             if t.val_every and last_val != self.step:
                 result.val = self._run_validation(logger)
+            for cb in self.callbacks:
+                if cb.at_end and cb.every and not due(cb, self.step) and self.step > start:
+                    result.callbacks[cb.name] = self._run_callback(cb, logger)
             if last_ckpt != self.step and not (resumed and self.step == start):
                 tag_dir = self.save_checkpoint()
             result.checkpoint = tag_dir
@@ -294,6 +311,16 @@ class Trainer:
                 logger.close()
         result.step = self.step
         return result
+
+    def _run_callback(self, cb: Callback, logger: MetricsLogger | None) -> dict[str, float]:
+        """Runs ``cb`` on every rank under a forked RNG; rank 0 logs its scores."""
+        t0 = time.perf_counter()
+        with forked_rng():
+            scores = cb(self)
+        if logger is not None and scores:
+            logger.log({"kind": cb.name, "step": self.step, **scores,
+                        f"{cb.name}_time_s": time.perf_counter() - t0})
+        return scores
 
     def _run_validation(self, logger: MetricsLogger | None) -> dict[str, float]:
         val = self._validate()
