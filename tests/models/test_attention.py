@@ -1,0 +1,66 @@
+"""The CPU dropout-attention kernel equals softmax -> dropout -> @ V, gradients included."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from scforge.models import attention as A
+
+
+def _reference(q, k, v, mask, drop, p):
+    s = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+    if mask is not None:
+        s = s.masked_fill(~mask, float("-inf"))
+    return s.softmax(-1).masked_fill(drop, 0.0) / (1 - p) @ v
+
+
+@pytest.mark.parametrize("chunk", [64, 2 * 29 * 29, 1 << 26], ids=["rows", "heads", "cell"])
+@pytest.mark.parametrize("mask_kind", ["none", "keys", "causal"])
+def test_matches_reference_with_the_same_drop_mask(chunk, mask_kind, monkeypatch):
+    monkeypatch.setattr(A, "CHUNK_ELEMENTS", chunk)
+    g = torch.Generator().manual_seed(0)
+    b, h, n, dh, p = 2, 3, 29, 8, 0.1
+    q, k, v = (torch.randn(b, h, n, dh, dtype=torch.float64, generator=g, requires_grad=True)
+               for _ in range(3))
+    mask = None
+    if mask_kind == "keys":
+        mask = torch.rand(b, 1, 1, n, generator=g) > 0.3
+        mask[..., 0] = True
+    elif mask_kind == "causal":
+        mask = torch.ones(n, n, dtype=torch.bool).tril().expand(b, 1, n, n)
+    drop = torch.rand(b, h, n, n, generator=g) < p
+    grad = torch.randn(b, h, n, dh, dtype=torch.float64, generator=g)
+    out = A.dropout_attention(q, k, v, mask, p, drop=drop)
+    ref = _reference(q, k, v, mask, drop, p)
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
+    got = torch.autograd.grad(out, (q, k, v), grad)
+    want = torch.autograd.grad(ref, (q, k, v), grad)
+    for a, w in zip(got, want, strict=True):
+        torch.testing.assert_close(a, w, rtol=1e-9, atol=1e-11)
+
+
+def test_drop_mask_rate_and_global_rng():
+    torch.manual_seed(3)
+    a = A.draw_drop_mask((4, 5, 64, 64), 0.02)
+    torch.manual_seed(3)
+    b = A.draw_drop_mask((4, 5, 64, 64), 0.02)
+    assert torch.equal(a, b)  # seeded by torch's global RNG: checkpointed RNG state resumes it
+    rate = torch.cat([A.draw_drop_mask((1 << 20,), 0.02) for _ in range(4)]).float().mean()
+    assert abs(float(rate) - 0.02) < 0.001
+    assert A.drop_threshold(0.02) == -32768 + 1311
+
+
+def test_training_dispatch_and_eval_path():
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 2, 16, 8) for _ in range(3))
+    ev = A.attention(q, k, v, None, dropout_p=0.1, training=False)  # eval: SDPA, no dropout
+    torch.testing.assert_close(ev, torch.nn.functional.scaled_dot_product_attention(q, k, v))
+    tr = A.attention(q, k, v, None, dropout_p=0.1, training=True)
+    assert not torch.allclose(tr, ev)  # training drops probabilities
+    with pytest.raises(ValueError, match="dropout probability"):
+        A.dropout_attention(q, k, v, None, 0.0)
+    with pytest.raises(ValueError, match="bool"):
+        A.dropout_attention(q, k, v, torch.ones(2, 1, 1, 16), 0.1)
