@@ -165,3 +165,28 @@ def test_bad_qc_and_hvg_settings(tmp_path, capsys, cellbench_path, override, nee
     code = main([str(cellbench_path), "--out", str(tmp_path / "o"), override, "--no-progress"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and needle in err and len(err.splitlines()) == 1
+
+
+def test_recipes_census_and_hvg1200(tmp_path, cellbench_path):
+    """The Census recipe names its query as an input; the HVG recipe keeps 1,200 genes."""
+    from scforge.data.shard.prepare import config_inputs
+    from scforge.data.sources.soma import parse_soma_url
+
+    census = load_config(
+        ShardJobConfig,
+        [REPO / "configs/shard/geneformer_v2.yaml", REPO / "configs/shard/census_blood.yaml"],
+    )
+    (url,) = config_inputs(census)
+    spec = parse_soma_url(url)
+    assert spec.census_version == "2025-01-30" and spec.layer == "raw"
+    assert spec.obs_value_filter == 'is_primary_data == True and tissue_general == "blood"'
+    cfg = load_config(
+        ShardJobConfig,
+        [REPO / "configs/shard/scgpt_binned.yaml", REPO / "configs/shard/scgpt_hvg1200.yaml"],
+        ["shard.cells_per_shard=2000", "source.chunk_cells=2048"],
+    )
+    ShardJob([str(cellbench_path)], tmp_path / "o", cfg, progress=False).run()
+    man = load_manifest(tmp_path / "o")
+    assert man["hvg"]["n_genes"] == 1200
+    lens = [len(c["input_ids"]) for c in read_shards(tmp_path / "o")]
+    assert max(lens) <= 1201 and len(lens) == 1408
