@@ -46,3 +46,11 @@ def test_jsonl_fields_validation_early_stop_and_run_files(train_shards, tmp_path
     assert {"torch", "deepspeed"} <= set(env["versions"]) and "git" in env
     assert (out / "export" / "model.safetensors").is_file()
     assert list((out / "wandb").glob("offline-run-*")), "wandb did not write an offline run"
+
+
+def test_rank0_progress_bar(train_shards, tmp_path, capfd):
+    cfg = small_config(train_shards("rank"), tmp_path / "run", **{
+        "train.max_steps": 3, "train.progress": True, "train.export": False})
+    train(cfg)
+    err = capfd.readouterr().err
+    assert "train" in err and "3/3" in err and "loss=" in err, err[-500:]
