@@ -30,10 +30,10 @@ def _demo(argv: list[str]) -> int:
         choices=["rank_value", "binned_expression", "continuous_projection"],
         help="tokenizer (Geneformer V2 rank values, scGPT bins, continuous values)",
     )
-    ap.add_argument("--steps", type=int, default=None, help="pretraining steps (default 600)")
-    ap.add_argument("--max-len", type=int, default=None, help="tokens per cell (default 128)")
+    ap.add_argument("--steps", type=int, default=None, help="pretraining steps (default 500)")
+    ap.add_argument("--max-len", type=int, default=None, help="tokens per cell (default 64)")
     ap.add_argument("--eval-cells", type=int, default=None, help="cells to evaluate (0 = all)")
-    ap.add_argument("--quick", action="store_true", help="smoke run: 30 steps, 64 tokens, 600 "
+    ap.add_argument("--quick", action="store_true", help="smoke run: 30 steps, 32 tokens, 600 "
                     "evaluated cells (under a minute of compute)")
     ap.add_argument("--no-scib", action="store_true", help="skip scib-metrics (probe only)")
     ap.add_argument("--no-umap", action="store_true", help="skip the UMAP figure")

@@ -38,9 +38,9 @@ class DemoConfig:
 
     out: str = "demo_out"
     strategy: str = "rank_value"
-    steps: int = 600
-    """Pretraining steps of the debug encoder (about 2-3 minutes on 2 CPU cores)."""
-    max_len: int = 128
+    steps: int = 500
+    """Pretraining steps of the debug encoder (16,000 cells seen: about 4 epochs)."""
+    max_len: int = 64
     """Tokens per cell (the top-ranked genes for rank-value tokens)."""
     batch_size: int = 32
     lr: float = 2e-3
@@ -58,7 +58,7 @@ def quick(cfg: DemoConfig) -> DemoConfig:
     """The ``--quick`` variant: a smoke run of every stage in well under a minute of compute."""
     import dataclasses
 
-    return dataclasses.replace(cfg, steps=min(cfg.steps, 30), max_len=min(cfg.max_len, 64),
+    return dataclasses.replace(cfg, steps=min(cfg.steps, 30), max_len=min(cfg.max_len, 32),
                                eval_cells=cfg.eval_cells or 600)
 
 
