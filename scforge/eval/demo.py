@@ -176,7 +176,7 @@ def plot_loss(train: list[dict[str, Any]], val: list[dict[str, Any]], path: Path
     if val:
         ax.plot([r["step"] for r in val], [r["val_loss"] for r in val], "o-", label="val loss")
     ax.set_xlabel("step")
-    ax.set_ylabel("masked-gene loss")
+    ax.set_ylabel("loss (masked tokens/values)")
     ax.set_title("debug encoder pretraining on pbmc shards", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -236,7 +236,8 @@ def write_demo_report(out: Path, *, cfg: DemoConfig, dataset: dict[str, Any],
              f"{dataset['genes']} genes; {cfg.strategy} tokens, {cfg.max_len} per cell, "
              f"{dataset['shards']} shards ({dataset['shard_mb']:.1f} MB).", "",
              "## Model vs baseline", "",
-             "`scforge`: the debug encoder (2 layers x 40) pretrained below, <cls> embedding. "
+             "`scforge`: the debug encoder (2 layers x 40) pretrained below, its pooled cell "
+             "embedding. "
              "`PCA`: 50 PCs of log-normalised highly variable genes, computed in the same run. "
              "Probe: logistic regression trained on one batch, tested on the other "
              f"({dataset['probe_split']}). scib: scib-metrics Benchmarker defaults, unscaled.",
