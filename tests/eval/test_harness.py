@@ -102,3 +102,21 @@ def test_recipes_load(recipe):
     schema = FinetuneConfig if "finetune" in recipe else EvalConfig
     cfg = load_config(schema, [recipe], [])
     assert cfg.checkpoint and cfg.data
+
+
+def test_cellbench_doublets_dropped_and_pca_baseline(debug_export, cellbench_path, tmp_path):
+    """configs/eval/cellbench.yaml: 387 DBL cells excluded; the probe table holds the model and
+    the HVG-PCA baseline on the same split (5 cell lines: PCA separates them almost perfectly)."""
+    code = evaluate_main(["--config", "configs/eval/cellbench.yaml", "--no-progress",
+                          f"checkpoint={debug_export}", f"data={cellbench_path}",
+                          f"out_dir={tmp_path}", "tasks=[linear_probe]", "device=cpu"])
+    assert code == 0
+    rep = json.loads((tmp_path / "report.json").read_text())
+    probe = rep["tasks"]["linear_probe"]
+    assert rep["meta"]["cells"] == 1408 - 387
+    table = probe["table"]
+    assert set(table) == {"scforge", "PCA"}
+    assert table["scforge"]["n_test"] == table["PCA"]["n_test"] == probe["scores"]["n_test"]
+    assert table["scforge"]["accuracy"] == pytest.approx(probe["scores"]["accuracy"], abs=1e-9)
+    assert table["PCA"]["accuracy"] > 0.95
+    print({k: round(v["accuracy"], 3) for k, v in table.items()})
