@@ -40,9 +40,9 @@ def _prepare_inputs(work: Path, n_cells: int) -> dict[str, Path]:
     """pbmc_2batch (its first ``n_cells`` cells) as AnnData zarr v2 and v3."""
     import anndata as ad
 
-    a = ad.read_h5ad(PBMC)
-    if n_cells < a.n_obs:
-        a = a[:n_cells].copy()
+    backed = ad.read_h5ad(PBMC, backed="r")
+    a = backed[: min(n_cells, backed.n_obs)].to_memory()  # reads only those rows
+    backed.file.close()
     out = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
