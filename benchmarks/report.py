@@ -88,6 +88,45 @@ def _eval(res: dict) -> Iterator[Row | None]:
     )
 
 
+def _train(res: dict) -> Iterator[Row | None]:
+    rows = res.get("rows")
+    if not (isinstance(rows, list) and rows and all(isinstance(r, dict) for r in rows)):
+        yield from _generic("train", res)
+        return
+    for r in rows:
+        variant = str(r.get("variant", "?"))
+        if variant == "hf_eager":
+            continue
+        yield _row(
+            "train",
+            f"{r.get('size', '?')}: {variant} / HF BertForMaskedLM eager",
+            r.get("vs_hf_eager"),
+        )
+
+
+def _store(res: dict) -> Iterator[Row | None]:
+    """tensorstore (scforge's default reader) / zarr-python, per format or layout + method."""
+    for key, group_by in (("x_reads", ("format",)), ("store_reads", ("layout", "method"))):
+        reads = res.get(key)
+        if not isinstance(reads, list):
+            continue
+        groups: dict[tuple, dict[str, float]] = {}
+        for r in reads:
+            if isinstance(r, dict) and _num(r.get("cells_per_s")):
+                g = tuple(str(r.get(k, "")) for k in group_by)
+                groups.setdefault(g, {})[str(r.get("backend"))] = float(r["cells_per_s"])
+        what = "AnnData-zarr X rows" if key == "x_reads" else "token store batches"
+        for g, by in groups.items():
+            if "tensorstore" in by and "zarr" in by:
+                yield _row(
+                    "store",
+                    f"{what} ({', '.join(g)}): tensorstore / zarr-python",
+                    by["tensorstore"] / by["zarr"],
+                )
+    if not any(isinstance(res.get(k), list) for k in ("x_reads", "store_reads")):
+        yield from _generic("store", res)
+
+
 def _generic(stage: str, res: dict) -> Iterator[Row | None]:
     top = res.get("ratios")
     if isinstance(top, dict) and any(_num(v) for v in top.values()):
@@ -116,7 +155,7 @@ def _walk(stage: str, x: Any, path: list[str]) -> Iterator[Row | None]:
             yield _row(stage, " / ".join(p.replace("_", " ") for p in path), x)
 
 
-_KNOWN = {"tokenize": _tokenize, "shard": _shard, "eval": _eval}
+_KNOWN = {"tokenize": _tokenize, "shard": _shard, "eval": _eval, "train": _train, "store": _store}
 
 
 def stage_ratios(stage: str, result: dict | None) -> list[Row]:

@@ -118,6 +118,29 @@ def test_ratios_are_extracted_per_stage():
     assert len(floor) == 3 and all(abs(r["ratio"] - 0.8) < 1e-9 for r in floor)
     train = stage_ratios("train", p["stages"]["train"]["result"])
     assert len(train) == 1 and "scforge eager" in train[0]["label"]  # peer vs itself dropped
+    rows = {
+        "rows": [
+            {"size": "debug", "variant": "hf_eager", "vs_hf_eager": 1.0},
+            {"size": "debug", "variant": "scforge_compile", "vs_hf_eager": 1.6},
+        ]
+    }
+    train = stage_ratios("train", rows)
+    assert [(r["label"], r["ratio"]) for r in train] == [
+        ("debug: scforge_compile / HF BertForMaskedLM eager", 1.6)
+    ]
+    store = stage_ratios(
+        "store",
+        {
+            "x_reads": [
+                {"format": "v3", "backend": "tensorstore", "cells_per_s": 300.0},
+                {"format": "v3", "backend": "zarr", "cells_per_s": 100.0},
+                {"format": "v2", "backend": "zarr", "cells_per_s": 100.0},
+            ]
+        },
+    )
+    assert [(r["label"], r["ratio"]) for r in store] == [
+        ("AnnData-zarr X rows (v3): tensorstore / zarr-python", 3.0)
+    ]
     loader = stage_ratios("loader", p["stages"]["loader"]["result"])
     assert sorted(r["ratio"] for r in loader) == [9.3, 32.8]
     ev = {r["label"]: r for r in stage_ratios("eval", p["stages"]["eval"]["result"])}
