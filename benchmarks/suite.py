@@ -106,7 +106,7 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         "eval",
         "benchmarks.bench_eval",
-        timeout_quick=210,
+        timeout_quick=300,
         timeout_full=1800,
         peers="scib-metrics runtime; PCA baseline",
     ),
