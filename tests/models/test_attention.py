@@ -64,3 +64,23 @@ def test_training_dispatch_and_eval_path():
         A.dropout_attention(q, k, v, None, 0.0)
     with pytest.raises(ValueError, match="bool"):
         A.dropout_attention(q, k, v, torch.ones(2, 1, 1, 16), 0.1)
+
+
+def test_gradient_checkpointing_redraws_the_same_dropout():
+    """Recompute in backward restores the CPU RNG, so the drop masks (and grads) are the same."""
+    from scforge.contracts import Batch
+    from scforge.models import ModelConfig, get_model
+
+    grads = []
+    for ckpt in (False, True):
+        torch.manual_seed(0)
+        model = get_model(ModelConfig(preset="debug", vocab_size=300, max_len=32, dropout=0.2,
+                                      gradient_checkpointing=ckpt))
+        ids = torch.randint(5, 300, (3, 32), generator=torch.Generator().manual_seed(1))
+        labels = torch.full_like(ids, -100)
+        labels[:, 3:9] = ids[:, 3:9]
+        torch.manual_seed(5)
+        model(Batch(input_ids=ids, attention_mask=torch.ones_like(ids, dtype=torch.bool),
+                    labels=labels)).loss.backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-6)
