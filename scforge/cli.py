@@ -9,12 +9,14 @@ scforge embed --checkpoint ...    cell embeddings of an export -> obsm
 scforge evaluate --config ...     evaluation harness (probe, scib-metrics) -> report
 scforge finetune --config ...     task head (+ LoRA) on a pretrained encoder
 scforge predict --model ...       apply a fine-tuned model -> obs
+scforge bench --suite quick|full  benchmark suite, every stage against its peers (repo checkout)
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def _demo(argv: list[str]) -> int:
@@ -58,6 +60,24 @@ def _demo(argv: list[str]) -> int:
     return 0
 
 
+def _bench(argv: list[str]) -> int:
+    # The suite lives in the repository's benchmarks/ (it is not installed with the package):
+    # find it next to this checkout, or say how to get it.
+    import importlib
+
+    repo = Path(__file__).resolve().parents[1]
+    if (repo / "benchmarks" / "suite.py").is_file() and str(repo) not in sys.path:
+        sys.path.insert(0, str(repo))
+    try:
+        suite = importlib.import_module("benchmarks.suite")
+    except ImportError as exc:
+        print(f"scforge bench: the benchmark suite is not available ({exc}); run it from a "
+              "repository checkout (git clone ... && make venv), where benchmarks/ exists",
+              file=sys.stderr)
+        return 2
+    return suite.cli_main(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``scforge`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -82,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         "evaluate": lazy("scforge.eval.harness", "evaluate_main"),
         "finetune": lazy("scforge.finetune.train", "finetune_main"),
         "predict": lazy("scforge.finetune.train", "predict_main"),
+        "bench": _bench,
     }
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
         print(__doc__.strip())
