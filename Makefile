@@ -5,7 +5,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.scforge-installed
 EXTRAS ?= dev,census,eval
 
-.PHONY: venv demo test test-all lint bench clean
+.PHONY: venv demo test test-all lint bench bench-full clean
 
 venv: $(STAMP)
 
@@ -30,7 +30,10 @@ lint: venv
 	$(VENV)/bin/ruff check scforge kernels tests benchmarks tools
 
 bench: venv
-	$(PY) -m benchmarks.bench_shard
+	$(PY) -m benchmarks --suite quick
+
+bench-full: venv
+	$(PY) -m benchmarks --suite full
 
 clean:
 	rm -rf $(VENV) build *.egg-info
