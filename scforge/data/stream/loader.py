@@ -142,18 +142,20 @@ class StatefulLoader:
                     stream.record(batch.info)
                     yield batch
         except Exception as e:
-            dead = _dead_workers(it, wait=5.0 if isinstance(e, (EOFError, OSError)) else 0.0)
+            fired = watch is not None and watch.fired
+            dead = _dead_workers(it, wait=5.0 if isinstance(e, (EOFError, OSError)) and not fired
+                                 else 0.0)
             _stop_workers(it)
-            if isinstance(e, (EOFError, OSError)) and dead:
-                # A batch whose worker died before the main process fetched its shared memory.
-                raise RuntimeError(f"DataLoader worker (pid(s) {dead}) exited unexpectedly "
-                                   f"while handing over a batch ({type(e).__name__})") from e
-            if watch is not None and watch.fired:
+            if fired:  # the watchdog killed them: whatever error followed is its consequence
                 raise RuntimeError(
                     f"DataLoader timed out: no batch from the {self.num_workers} loader workers "
                     f"within timeout={self.timeout} s although they were alive (stuck reading "
                     "shards?); they were stopped. Raise StatefulLoader(timeout=...) for very "
                     "slow storage") from e
+            if isinstance(e, (EOFError, OSError)) and dead:
+                # A batch whose worker died before the main process fetched its shared memory.
+                raise RuntimeError(f"DataLoader worker (pid(s) {dead}) exited unexpectedly "
+                                   f"while handing over a batch ({type(e).__name__})") from e
             raise
         finally:
             if watch is not None:
