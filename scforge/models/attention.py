@@ -19,12 +19,15 @@ backward, one cell (or a bounded block of heads/rows) at a time:
   global CPU generator, so seeding and checkpointed RNG state work as usual): a probability is
   dropped when its draw is below ``round(p * 65536)``, i.e. the drop rate is ``p`` rounded to a
   multiple of 1/65,536 (0.02 -> 0.020004);
-- forward keeps the softmax probabilities P (in the input dtype) and the drop mask (bool);
-  backward uses ``dS = P * (dP - rowsum(dO * O))``, the identity flash attention uses, so the
-  dropped-and-rescaled matrix is rebuilt only one chunk at a time.
+- forward zeroes the dropped probabilities in place and keeps that matrix (in the input dtype)
+  plus, for the dropped entries only (a fraction ``p``), their flat index and probability;
+  backward uses ``dS = P * (dP - rowsum(dO * O))``, the identity flash attention uses, with
+  ``dP - rowsum`` from one matmul of ``[dO, rowsum]`` by ``[V, -1]`` and ``P`` at the dropped
+  entries written back sparsely, so no extra ``[L, L]`` pass rebuilds a dropped matrix.
 
-Memory is that of the math path (P plus a bool mask per layer); time ~1.3x-1.6x less at
-L = 2,048 on 2 shared cores (``benchmarks/bench_train.py`` measures the whole step).
+Memory is below that of the math path (one [L, L] matrix per layer, no bool mask); time
+~1.3x-1.6x less at L = 2,048 on 2 shared cores (``benchmarks/bench_train.py`` measures the
+whole step).
 """
 
 from __future__ import annotations
@@ -131,6 +134,11 @@ def _bias_block(bias: torch.Tensor, i: int, j0: int, j1: int, r0: int, r1: int) 
 
 
 class _DropoutAttention(torch.autograd.Function):
+    """Saves the kept probabilities ``P * keep`` (dropped entries zeroed in place) and, for the
+    few dropped entries (rate ``p``), their flat index and probability: backward needs ``P``
+    there for the softmax term, and nowhere else, so neither the full ``P`` nor the bool mask
+    is kept and no ``[L, L]`` pass rebuilds the dropped matrix."""
+
     @staticmethod
     def forward(ctx, q, k, v, mask, p, drop):  # noqa: ANN001, ANN205 - autograd signature
         b, h, length, dh = q.shape
@@ -142,28 +150,34 @@ class _DropoutAttention(torch.autograd.Function):
         keep_scale = 1.0 / (1.0 - p)
         qs = q * scale
         k, v = k.contiguous(), v.contiguous()  # small; strided head views would be copied per chunk
-        probs = torch.empty((b, h, length, keys), dtype=q.dtype, device=q.device)
+        kept = torch.empty((b, h, length, keys), dtype=q.dtype, device=q.device)
         out = torch.empty((b, h, length, dh), dtype=q.dtype, device=q.device)
         exact = q.dtype in (torch.float32, torch.float64)
+        where, dropped = [], []
         for i, j0, j1, r0, r1 in _chunks(b, h, length, keys):
             s = torch.matmul(qs[i, j0:j1, r0:r1], k[i, j0:j1].transpose(-1, -2))  # [C, R, Lk]
             if bias is not None:
                 s.add_(_bias_block(bias, i, j0, j1, r0, r1))
-            pr = probs[i, j0:j1, r0:r1]
+            pr = kept[i, j0:j1, r0:r1]  # contiguous: one head's rows, or whole heads
             if exact:
                 torch.softmax(s, dim=-1, out=pr)
             else:  # bf16/fp16: normalise in fp32
                 pr.copy_(torch.softmax(s.float(), dim=-1))
-            kept = torch.masked_fill(pr, drop[i, j0:j1, r0:r1], 0.0)
-            torch.matmul(kept, v[i, j0:j1], out=out[i, j0:j1, r0:r1])
+            flat = pr.view(-1)
+            idx = drop[i, j0:j1, r0:r1].reshape(-1).nonzero().squeeze(1)
+            dropped.append(flat.index_select(0, idx))
+            where.append(idx)
+            flat.index_fill_(0, idx, 0.0)
+            torch.matmul(pr, v[i, j0:j1], out=out[i, j0:j1, r0:r1])
         out.mul_(keep_scale)
-        ctx.save_for_backward(qs, k, v, probs, drop, out)
+        ctx.save_for_backward(qs, k, v, kept, out, *where, *dropped)
         ctx.scale, ctx.keep_scale = scale, keep_scale
         return out
 
     @staticmethod
     def backward(ctx, grad_out):  # noqa: ANN001, ANN205 - autograd signature
-        qs, k, v, probs, drop, out = ctx.saved_tensors
+        qs, k, v, kept, out, *rest = ctx.saved_tensors
+        where, dropped = rest[: len(rest) // 2], rest[len(rest) // 2:]
         scale, keep_scale = ctx.scale, ctx.keep_scale
         b, h, length, _ = qs.shape
         keys = k.shape[2]
@@ -172,18 +186,27 @@ class _DropoutAttention(torch.autograd.Function):
         acc = torch.promote_types(qs.dtype, torch.float32)
         delta = (go.to(acc) * out.to(acc)).sum(dim=-1, keepdim=True).div_(keep_scale)
         delta = delta.to(qs.dtype)
+        # [dO, delta] @ [V, -1]^T = dP - delta in the matmul itself: no extra [L, L] pass.
+        g_aug = torch.cat([go, delta], dim=-1)
+        v_aug = torch.cat([v, v.new_full((*v.shape[:-1], 1), -1.0)], dim=-1)
         dq = torch.empty_like(qs)
         dk, dv = torch.zeros_like(k), torch.zeros_like(v)
-        for i, j0, j1, r0, r1 in _chunks(b, h, length, keys):
-            pr, dr, g = probs[i, j0:j1, r0:r1], drop[i, j0:j1, r0:r1], go[i, j0:j1, r0:r1]
-            kept = pr.masked_fill(dr, 0.0)  # [C, R, Lk]
+        ds = None
+        blocks = zip(where, dropped, _chunks(b, h, length, keys), strict=True)
+        for idx, pd, (i, j0, j1, r0, r1) in blocks:
+            pr, g, dl = kept[i, j0:j1, r0:r1], go[i, j0:j1, r0:r1], delta[i, j0:j1, r0:r1]
             whole = r0 == 0 and r1 == length  # the block holds every query row: no accumulation
-            if whole:
-                torch.matmul(kept.transpose(-1, -2), g, out=dv[i, j0:j1])
+            if whole:  # dV^T = dO^T P reads P row-major (faster than P^T dO)
+                dv[i, j0:j1].copy_(torch.matmul(g.transpose(-1, -2), pr).transpose(-1, -2))
             else:
-                dv[i, j0:j1].baddbmm_(kept.transpose(-1, -2), g)
-            ds = torch.matmul(g, v[i, j0:j1].transpose(-1, -2), out=kept)  # dP, before dropout
-            ds.masked_fill_(dr, 0.0).sub_(delta[i, j0:j1, r0:r1]).mul_(pr)
+                dv[i, j0:j1].baddbmm_(pr.transpose(-1, -2), g)
+            if ds is None or ds.shape != pr.shape:
+                ds = torch.empty_like(pr)
+            # dS = P * (dP - delta): kept entries from the kept matrix, dropped ones (dP = 0)
+            # are -P * delta from the saved probabilities.
+            torch.matmul(g_aug[i, j0:j1, r0:r1], v_aug[i, j0:j1].transpose(-1, -2), out=ds)
+            ds.mul_(pr)
+            ds.view(-1).index_put_((idx,), pd * dl.reshape(-1)[idx // keys].neg())
             torch.matmul(ds, k[i, j0:j1], out=dq[i, j0:j1, r0:r1])
             if whole:
                 torch.matmul(ds.transpose(-1, -2), qs[i, j0:j1], out=dk[i, j0:j1])
