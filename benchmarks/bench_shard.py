@@ -30,7 +30,14 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from benchmarks.common import loadavg, machine, run_measured, write_results
+from benchmarks.common import (
+    geneformer_inputs,
+    geneformer_per_cell,
+    loadavg,
+    machine,
+    run_measured,
+    write_results,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 PBMC = REPO / ".." / "shared" / "data" / "pbmc_2batch.h5ad"
@@ -74,7 +81,7 @@ def per_cell_numpy(path: Path, n_cells: int, chunk: int = 4096) -> dict:
     n_tok = 0
     for a in range(0, n, chunk):
         c = src.read_rows(a, min(a + chunk, n))
-        n_tok += _numpy_chunk(c, src.n_genes, collapse, factor, toks)
+        n_tok += geneformer_per_cell(c, src.n_genes, collapse, factor, toks)
     dt = time.perf_counter() - t0
     return {"cells": n, "seconds": dt, "cells_per_s": n / dt, "tokens": n_tok}
 
@@ -89,14 +96,10 @@ def tokenize_only(path: Path, n_cells: int, chunk: int = 4096) -> dict:
     src, gmap = prep.sources[0], prep.maps[0]
     n = min(n_cells, src.n_cells)
     chunks = [src.read_rows(a, min(a + chunk, n)) for a in range(0, n, chunk)]
-    med = prep.vocab.median_array()
-    cols = np.flatnonzero(gmap.col_token >= 0)
-    toks, inv = np.unique(gmap.col_token[cols], return_inverse=True)
-    collapse = sp.csr_matrix((np.ones(len(cols)), (cols, inv)), shape=(src.n_genes, len(toks)))
-    factor = 10_000.0 / med[toks]
+    collapse, factor, toks = geneformer_inputs(prep)
     t0 = time.perf_counter()
     for c in chunks:
-        _numpy_chunk(c, src.n_genes, collapse, factor, toks)
+        geneformer_per_cell(c, src.n_genes, collapse, factor, toks)
     t_np = time.perf_counter() - t0
     warm = src.read_rows(0, min(8, n))  # load the compiled kernel from Numba's cache first
     prep.tokenizer.tokenize(warm, gmap, np.arange(warm.n_rows))
@@ -110,20 +113,6 @@ def tokenize_only(path: Path, n_cells: int, chunk: int = 4096) -> dict:
         "kernel_cells_per_s": n / t_k,
         "ratio": t_np / t_k,
     }
-
-
-def _numpy_chunk(c, n_genes, collapse, factor, toks) -> int:
-    x = sp.csr_matrix((c.data, c.indices, c.indptr), shape=(c.n_rows, n_genes))
-    n_counts = np.asarray(x.sum(axis=1, dtype=np.float64)).ravel()
-    xv = (x.astype(np.float64) @ collapse).tocsr()
-    n_tok = 0
-    for r in range(xv.shape[0]):
-        lo, hi = xv.indptr[r], xv.indptr[r + 1]
-        v = xv.data[lo:hi] / n_counts[r] * factor[xv.indices[lo:hi]]
-        order = np.argsort(-v)[:4094]
-        seq = np.concatenate(([2], toks[xv.indices[lo:hi][order]], [3]))
-        n_tok += len(seq)
-    return n_tok
 
 
 def scforge_shard(path: Path, workers: int, tmp: Path) -> dict:

@@ -32,9 +32,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import scipy.sparse as sp
 
-from benchmarks.common import loadavg, machine, write_results
+from benchmarks.common import (
+    geneformer_inputs,
+    geneformer_per_cell,
+    loadavg,
+    machine,
+    write_results,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 PBMC = REPO / ".." / "shared" / "data" / "pbmc_2batch.h5ad"
@@ -116,21 +121,6 @@ def _dist_version(name: str) -> str:
 
 
 # ----------------------------------------------------------------------------- peers
-def geneformer_per_cell(c, n_genes: int, collapse, factor, toks, max_genes: int = 4094) -> int:
-    """Geneformer's algorithm, one cell at a time: normalise, argsort descending, cls/eos."""
-    x = sp.csr_matrix((c.data, c.indices, c.indptr - c.indptr[0]), shape=(c.n_rows, n_genes))
-    n_counts = np.asarray(x.sum(axis=1, dtype=np.float64)).ravel()
-    xv = (x.astype(np.float64) @ collapse).tocsr()
-    n_tok = 0
-    for r in range(xv.shape[0]):
-        lo, hi = xv.indptr[r], xv.indptr[r + 1]
-        v = xv.data[lo:hi] / n_counts[r] * factor[xv.indices[lo:hi]]
-        order = np.argsort(-v)[:max_genes]
-        seq = np.concatenate(([2], toks[xv.indices[lo:hi][order]], [3]))
-        n_tok += len(seq)
-    return n_tok
-
-
 def binning_per_cell(c, binning: Callable, n_bins: int = 51) -> int:
     """scGPT's binning called on each cell's nonzero counts (its Preprocessor's per-row call)."""
     ptr = c.indptr - c.indptr[0]
@@ -184,14 +174,10 @@ def _kernel_rates(prep, chunks, n: int, repeat: int) -> dict:
 
 def bench_rank_value(path: Path, n_cells: int, repeat: int, chunk: int = 4096) -> dict:
     prep = _prepared(path, "geneformer_v2")
-    src, gmap = prep.sources[0], prep.maps[0]
+    src = prep.sources[0]
     n = min(n_cells, src.n_cells)
     chunks = [src.read_rows(a, min(a + chunk, n)) for a in range(0, n, chunk)]
-    med = prep.vocab.median_array()
-    cols = np.flatnonzero(gmap.col_token >= 0)
-    toks, inv = np.unique(gmap.col_token[cols], return_inverse=True)
-    collapse = sp.csr_matrix((np.ones(len(cols)), (cols, inv)), shape=(src.n_genes, len(toks)))
-    factor = 10_000.0 / med[toks]
+    collapse, factor, toks = geneformer_inputs(prep)
     t_np = _best_of(
         lambda: [geneformer_per_cell(c, src.n_genes, collapse, factor, toks) for c in chunks],
         max(1, repeat - 1),
