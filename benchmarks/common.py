@@ -64,6 +64,16 @@ def package_versions(names: tuple[str, ...] = VERSION_PACKAGES) -> dict[str, str
     return out
 
 
+def _git(*args: str) -> str:
+    """Output of a git command in this checkout ("" when git or the repository is missing)."""
+    try:
+        return subprocess.run(
+            ["git", *args], capture_output=True, text=True, cwd=Path(__file__).parent
+        ).stdout.strip()
+    except OSError:
+        return ""
+
+
 def machine() -> dict:
     """CPU, cores, RAM, GPU (if any), load average, Python and package versions, git revision.
 
@@ -83,15 +93,9 @@ def machine() -> dict:
         with contextlib.suppress(Exception), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # anndata deprecates __version__
             versions[mod] = __import__(mod).__version__  # a missing package is not reported
-    try:
-        rev = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            cwd=Path(__file__).parent,
-        ).stdout.strip()
-    except OSError:
-        rev = ""
+    rev = _git("rev-parse", "--short", "HEAD")
+    if rev and _git("status", "--porcelain", "--untracked-files=no"):
+        rev += "+dirty"
     gpu = None
     gpu_count = 0
     with contextlib.suppress(Exception):
@@ -100,15 +104,6 @@ def machine() -> dict:
         if torch.cuda.is_available():
             gpu = torch.cuda.get_device_name(0)
             gpu_count = torch.cuda.device_count()
-    with contextlib.suppress(Exception):
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            cwd=Path(__file__).parent,
-        ).stdout.strip()
-        if dirty:
-            rev += "+dirty"
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),

@@ -56,21 +56,11 @@ def build_dataset() -> None:
     """The bundled default dataset: the 2,638 pbmc3k cells (raw counts, cell_type, batch)."""
     src = ad.read_h5ad(SHARED / "pbmc_2batch.h5ad")
     keep = (src.obs["batch"].astype(str).str.startswith("pbmc3k")).to_numpy()
-    sub = src[keep].copy()
-    x = sp.csr_matrix(sub.X)
-    genes = np.asarray((x != 0).sum(axis=0)).ravel() > 0
-    sub = sub[:, genes].copy()
-    sub.X = sp.csr_matrix(sub.X, dtype=np.float32)
-    sub.obs = sub.obs[["cell_type", "batch"]].copy()
-    sub.var = sub.var[["gene_symbols"]].copy()
-    sub.uns = {
-        "source": "10x Genomics PBMC 3k (v1 chemistry), raw UMI counts; cells of "
-        "pbmc_2batch.h5ad batch pbmc3k, genes detected in >= 1 cell"
-    }
-    path = OUT / "pbmc3k.h5ad"
-    sub.write_h5ad(path, compression="gzip", compression_opts=9)
-    print(
-        f"{path.name}: {sub.n_obs} cells x {sub.n_vars} genes, {path.stat().st_size / 1e6:.2f} MB"
+    _write_subset(
+        src[keep],
+        "pbmc3k.h5ad",
+        "10x Genomics PBMC 3k (v1 chemistry), raw UMI counts; cells of "
+        "pbmc_2batch.h5ad batch pbmc3k, genes detected in >= 1 cell",
     )
 
 
@@ -89,23 +79,30 @@ def build_demo_batch() -> None:
     pool = np.flatnonzero(batch.str.startswith("pbmc8k").to_numpy()
                           & (src.obs["cell_type"].astype(str) != "Other").to_numpy())
     idx = np.sort(np.random.default_rng(0).choice(pool, DEMO_BATCH_CELLS, replace=False))
-    sub = src[idx].copy()
+    _write_subset(
+        src[idx],
+        "pbmc8k_demo.h5ad",
+        "10x Genomics PBMC 8k (v2 chemistry), raw UMI counts; 1,000 random cells "
+        "(seed 0, label 'Other' excluded) of pbmc_2batch.h5ad batch pbmc8k, genes detected "
+        "in >= 1 of them",
+    )
+
+
+def _write_subset(view: ad.AnnData, name: str, source: str) -> None:
+    """Writes cells of pbmc_2batch as a bundled dataset: genes detected in them, float32 CSR
+    raw counts, ``cell_type``/``batch`` obs and ``gene_symbols`` var only, gzip level 9."""
+    sub = view.copy()
     genes = np.asarray((sp.csr_matrix(sub.X) != 0).sum(axis=0)).ravel() > 0
     sub = sub[:, genes].copy()
     sub.X = sp.csr_matrix(sub.X, dtype=np.float32)
     sub.obs = sub.obs[["cell_type", "batch"]].copy()
     sub.var = sub.var[["gene_symbols"]].copy()
-    sub.uns = {
-        "source": "10x Genomics PBMC 8k (v2 chemistry), raw UMI counts; 1,000 random cells "
-        "(seed 0, label 'Other' excluded) of pbmc_2batch.h5ad batch pbmc8k, genes detected "
-        "in >= 1 of them"
-    }
-    path = OUT / "pbmc8k_demo.h5ad"
+    sub.uns = {"source": source}
+    path = OUT / name
     sub.write_h5ad(path, compression="gzip", compression_opts=9)
     print(
         f"{path.name}: {sub.n_obs} cells x {sub.n_vars} genes, {path.stat().st_size / 1e6:.2f} MB"
     )
-
 
 if __name__ == "__main__":
     OUT.mkdir(parents=True, exist_ok=True)
