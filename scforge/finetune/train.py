@@ -1,11 +1,28 @@
 """``scforge finetune`` / ``scforge predict``: supervised heads on a pretrained encoder.
 
-A plain PyTorch loop (one process, CPU or one GPU): fine-tuning sets are small (thousands of
-labelled cells), so the DeepSpeed trainer's sharding and resumable streams buy nothing here.
-Features: classification or regression head; LoRA adapters on the attention projections;
-layer-wise decayed learning rates (top block ``encoder_lr``, each lower group times
-``layer_decay``); gradual unfreezing (head only in the first epoch, one more group from the top
-each ``unfreeze_every`` epochs).
+Fine-tuning runs through the pretraining :class:`~scforge.training.trainer.Trainer`: the same
+DeepSpeed engine (ZeRO stage, precision, gradient accumulation and clipping from this config),
+the same streaming loader with exact resume, checkpoints (``<out_dir>/checkpoints``,
+``keep_last_k``, ``resume=auto``), ``metrics.jsonl`` / wandb, progress bar, validation and early
+stopping. What fine-tuning adds:
+
+- data: the labelled cells are split (seeded) and sharded with the checkpoint's own tokenizer
+  into ``<out_dir>/data`` (:mod:`scforge.finetune.data`), the label passed through as obs;
+- the model: :class:`~scforge.finetune.model.FinetuneTask` (encoder + classification or
+  regression head; loss and ``acc``/``rmse`` from ``batch.obs[label_key]``); LoRA adapters are
+  injected before the engine is built, and then only adapters and head require grad;
+- discriminative learning rates: the head at ``lr``, the top encoder group (final norm + last
+  block) at ``encoder_lr``, each lower group (blocks, then the embedding) times ``layer_decay``;
+- gradual unfreezing (``unfreeze_every`` epochs per group, top first): a group's learning rate is
+  exactly 0 until its unfreeze step, so its weights do not move; its gradients are still
+  computed (and count in the clipping norm) and AdamW's moments still accumulate, see
+  :mod:`scforge.training.optim`;
+- the export (``<out_dir>/export``): the fine-tuned encoder as a pretraining export (LoRA
+  merged) plus ``head.safetensors`` and ``finetune.json``, read by ``scforge predict`` and
+  :func:`~scforge.finetune.model.load_finetuned`.
+
+Launch like the trainer: one process (``scforge finetune ...``) or ``deepspeed``/``torchrun``
+with ``python -m scforge.finetune.train ...`` (rank 0 writes the shards, the others wait).
 """
 
 from __future__ import annotations
@@ -14,14 +31,15 @@ import argparse
 import dataclasses
 import json
 import math
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from scforge.eval.embed import resolve_device
 from scforge.eval.tokenize import (
@@ -31,6 +49,7 @@ from scforge.eval.tokenize import (
     seq_len_of,
     tokenize_adata,
 )
+from scforge.finetune.data import LabelledData, filter_cells, prepare_shards, read_labelled
 from scforge.finetune.lora import (
     BACKENDS,
     apply_lora,
@@ -41,11 +60,17 @@ from scforge.finetune.lora import (
 from scforge.finetune.model import (
     POOLINGS,
     FinetuneModel,
+    FinetuneTask,
     encoder_units,
     load_finetuned,
     save_finetuned,
     unit_params,
 )
+from scforge.training.config import EarlyStoppingConfig, WandbConfig
+
+__all__ = ["FinetuneConfig", "FinetuneTrainer", "LoRAConfig", "build_trainer", "filter_cells",
+           "finetune", "finetune_main", "param_groups", "predict", "predict_main",
+           "set_trainable"]
 
 
 @dataclass
@@ -61,13 +86,18 @@ class LoRAConfig:
     installed). Saved models have the adapters merged either way."""
 
 
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
 @dataclass
 class FinetuneConfig:
     """Schema of ``configs/finetune/*.yaml``."""
 
     checkpoint: str = ""
+    """Pretrained export directory (``<run>/export``); ``--checkpoint`` on the command line."""
     data: str = ""
     out_dir: str = "runs/finetune"
+    """Run directory: ``data/`` (shards), ``checkpoints/``, ``metrics.jsonl``, ``export/``."""
     task: str = "classification"
     """``classification`` or ``regression``."""
     label_key: str = "cell_type"
@@ -75,8 +105,11 @@ class FinetuneConfig:
     """Keep only cells whose obs column takes one of these values (e.g. one batch)."""
     max_cells: int = 0
     val_fraction: float = 0.1
+    """Seeded share of the cells held out and scored after every epoch (``val_acc`` /
+    ``val_rmse`` in metrics.jsonl); 0 = no validation."""
     epochs: int = 4
     batch_size: int = 32
+    """Cells per micro-batch per rank."""
     max_len: int = 0
     """Truncation length; 0 = what the checkpoint was trained with."""
     head_hidden: int = 0
@@ -91,14 +124,37 @@ class FinetuneConfig:
     layer_decay: float = 0.9
     weight_decay: float = 0.01
     warmup_fraction: float = 0.1
+    """Linear warmup over this share of the steps, then cosine decay to 0."""
     unfreeze_every: int = 0
-    """Gradual unfreezing: one more group from the top every this many epochs (0 = all at once).
-    With few epochs it starves the gene embedding, which matters most for small encoders."""
+    """Gradual unfreezing: the head trains from the start, one more encoder group from the top
+    every this many epochs (0 = all at once). A group's learning rate is 0 until then (its weights
+    do not move; its AdamW moments do accumulate). With few epochs it starves the gene
+    embedding, which matters most for small encoders."""
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     seed: int = 0
+    """Seeds the train/validation split, the data order, head init and dropout."""
     device: str = "auto"
+    """``auto`` (the trainer's: the local GPU when there is one, else CPU) or the device type
+    that must be used (``cpu``/``cuda``; a mismatch is refused rather than silently ignored)."""
     layer: str = "X"
+    """Matrix holding raw counts: ``X``, ``raw/X`` or ``layers/<name>``."""
     progress: bool = True
+    # --- the trainer (same meaning as train.* in configs/train/*.yaml)
+    precision: str = "fp32"
+    zero_stage: int = 0
+    grad_accum: int = 1
+    clip_grad: float = 1.0
+    log_every: int = 1
+    ckpt_every: int = 0
+    """Checkpoint every N optimizer steps (0 = only at the end)."""
+    keep_last_k: int = 2
+    resume: str = "auto"
+    """``auto`` (newest complete checkpoint in ``out_dir``), ``none`` or a checkpoint path."""
+    num_workers: int = 0
+    compile: bool = False
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    """E.g. ``monitor: val_acc, mode: max, patience: 2`` (checked after every epoch)."""
+    wandb: WandbConfig = field(default_factory=WandbConfig)
 
     def validate(self) -> None:
         from scforge.config.loader import ConfigError
@@ -112,48 +168,54 @@ class FinetuneConfig:
                               f"{list(BACKENDS)}")
         if self.pooling not in POOLINGS:
             raise ConfigError(f"pooling={self.pooling!r}; choose one of {list(POOLINGS)}")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ConfigError("epochs and batch_size must be >= 1")
+        if self.epochs < 1 or self.batch_size < 1 or self.grad_accum < 1:
+            raise ConfigError("epochs, batch_size and grad_accum must be >= 1")
+        if self.lr <= 0 or self.encoder_lr < 0:
+            raise ConfigError(f"lr={self.lr} must be > 0 and encoder_lr={self.encoder_lr} >= 0")
+        if not 0 <= self.val_fraction < 1 or not 0 <= self.warmup_fraction < 1:
+            raise ConfigError("val_fraction and warmup_fraction must lie in [0, 1)")
+        if self.unfreeze_every < 0:
+            raise ConfigError(f"unfreeze_every={self.unfreeze_every} must be >= 0")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"device={self.device!r}; choose auto, cpu or cuda")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision={self.precision!r}; choose one of {list(PRECISIONS)}")
 
 
-def filter_cells(adata: Any, keep: dict[str, list[str]]) -> Any:
-    mask = np.ones(adata.n_obs, dtype=bool)
-    for col, vals in keep.items():
-        if col not in adata.obs:
-            raise ValueError(f"train_filter: obs has no column {col!r}")
-        mask &= adata.obs[col].astype(str).isin([str(v) for v in vals]).to_numpy()
-    if not mask.any():
-        raise ValueError(f"train_filter={keep} keeps no cell")
-    return adata[mask].copy()
-
-
-def param_groups(model: FinetuneModel, cfg: FinetuneConfig) -> list[dict[str, Any]]:
+def param_groups(model: FinetuneModel, cfg: FinetuneConfig, *, steps_per_epoch: float = 0.0,
+                 weight_decay: float | None = None) -> list[dict[str, Any]]:
     """Optimizer groups: the head at ``lr``, encoder groups at decayed ``encoder_lr``.
 
-    Weight decay applies to matrices only (not biases, norms, or adapters' zero-init B is fine).
+    Every group carries ``lr`` (its peak learning rate), ``lr_scale`` (``lr`` / ``cfg.lr``, what
+    :mod:`scforge.training.optim` multiplies the schedule by), ``start_step`` (the optimizer step
+    from which it trains: ``(depth + 1) * unfreeze_every * steps_per_epoch`` for encoder group
+    ``depth``, 0 for the head and without unfreezing) and ``name`` (``head``, ``encoder<depth>``,
+    depth 0 = top). Only parameters with ``requires_grad`` are listed (LoRA: adapters only);
+    weight decay applies to matrices, not to biases and norms.
     """
+    wd = cfg.weight_decay if weight_decay is None else weight_decay
     groups: list[dict[str, Any]] = []
 
-    def add(params: list[torch.nn.Parameter], lr: float, name: str) -> None:
-        mats = [p for p in params if p.dim() >= 2]
-        rest = [p for p in params if p.dim() < 2]
-        if mats:
-            groups.append({"params": mats, "lr": lr, "weight_decay": cfg.weight_decay,
-                           "name": name})
-        if rest:
-            groups.append({"params": rest, "lr": lr, "weight_decay": 0.0, "name": name})
+    def add(params: list[torch.nn.Parameter], lr: float, name: str, start: int) -> None:
+        params = [p for p in params if p.requires_grad]
+        for decay, part in ((wd, [p for p in params if p.dim() >= 2]),
+                            (0.0, [p for p in params if p.dim() < 2])):
+            if part:
+                groups.append({"params": part, "lr": lr, "lr_scale": lr / cfg.lr,
+                               "start_step": start, "weight_decay": decay, "name": name})
 
-    add(list(model.head.parameters()), cfg.lr, "head")
+    add(list(model.head.parameters()), cfg.lr, "head", 0)
     for depth, unit in enumerate(encoder_units(model.encoder)):
-        add(unit_params(unit), cfg.encoder_lr * cfg.layer_decay ** depth, f"encoder{depth}")
-    for g in groups:
-        g["base_lr"] = g["lr"]
+        start = (int(round((depth + 1) * cfg.unfreeze_every * steps_per_epoch))
+                 if cfg.unfreeze_every > 0 else 0)
+        add(unit_params(unit), cfg.encoder_lr * cfg.layer_decay ** depth, f"encoder{depth}",
+            start)
     return groups
 
 
 def set_trainable(model: FinetuneModel, n_units: int, *, lora: bool) -> int:
-    """Head plus the top ``n_units`` encoder groups trainable (only adapters there under LoRA);
-    returns the trainable parameter count."""
+    """Head plus the top ``n_units`` encoder groups require grad (only adapters there under
+    LoRA), nothing else; returns the trainable parameter count."""
     for p in model.parameters():
         p.requires_grad_(False)
     for p in model.head.parameters():
@@ -163,16 +225,6 @@ def set_trainable(model: FinetuneModel, n_units: int, *, lora: bool) -> int:
         for p in params:
             p.requires_grad_(True)
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-def _targets(values: Any, task: str, classes: list[str] | None = None
-             ) -> tuple[np.ndarray, list[str] | None]:
-    if task == "regression":
-        return np.asarray(values, dtype=np.float32), None
-    labels = np.asarray(values).astype(str)
-    classes = classes or sorted(set(labels))
-    index = {c: i for i, c in enumerate(classes)}
-    return np.array([index.get(v, -1) for v in labels], dtype=np.int64), classes
 
 
 def _batches(cells: TokenizedCells, order: np.ndarray, size: int, **pad: Any):
@@ -192,93 +244,235 @@ def predict_cells(model: FinetuneModel, cells: TokenizedCells, *, batch_size: in
     return np.concatenate(outs)
 
 
-def finetune(cfg: FinetuneConfig, adata: Any | None = None) -> dict[str, Any]:
-    """Fine-tunes ``cfg.checkpoint`` on labelled cells; saves to ``cfg.out_dir``.
+# ---------------------------------------------------------------------------- the trainer
+def _trainer_class() -> type:
+    """:class:`FinetuneTrainer`, defined on first use: the trainer module imports DeepSpeed,
+    which must not happen before ``DS_ACCELERATOR`` is settled."""
+    global FinetuneTrainer
+    if FinetuneTrainer is not None:
+        return FinetuneTrainer
+    from scforge.training.callbacks import forked_rng
+    from scforge.training.export import load_full_state
+    from scforge.training.trainer import Trainer
+
+    class _FinetuneTrainer(Trainer):
+        """The pretraining trainer on a :class:`FinetuneTask`, exporting a fine-tuned model.
+
+        Args:
+            cfg: the training config :func:`build_trainer` derives from a FinetuneConfig.
+            build: returns a fresh task (same modules, adapters and requires_grad); called
+                once for the engine and once on rank 0 for the export.
+            meta: ``finetune.json`` content (everything but the history).
+            steps_per_epoch: optimizer steps per epoch (for the per-epoch history).
+            world: process layout; callbacks: extra step callbacks.
+        """
+
+        def __init__(self, cfg: Any, *, build: Callable[[], FinetuneTask], meta: dict[str, Any],
+                     steps_per_epoch: float, world: Any = None,
+                     callbacks: list[Any] | None = None) -> None:
+            self._build = build
+            self.meta = meta
+            self.steps_per_epoch = steps_per_epoch
+            super().__init__(cfg, world=world, callbacks=callbacks)
+
+        def build_model(self) -> torch.nn.Module:
+            return self._build()
+
+        def write_export(self, out: Path, state: dict[str, torch.Tensor]) -> None:
+            with forked_rng():
+                task = self._build()
+            load_full_state(task, state)
+            merge_lora(task.net)
+            meta = {**self.meta, "history": self.history()}
+            save_finetuned(task.net, out, meta, manifest=self.manifest,
+                           extra={"step": self.step,
+                                  "train_config": dataclasses.asdict(self.cfg)})
+
+        def history(self) -> list[dict[str, Any]]:
+            """Per-epoch records from metrics.jsonl (rank 0): mean train loss, validation
+            metric, unfrozen encoder groups and trainable parameters in that epoch."""
+            return epoch_history(self.out_dir / "metrics.jsonl", self.engine.module,
+                                 self.steps_per_epoch, self.meta["config"]["epochs"],
+                                 self.meta["task"])
+
+    FinetuneTrainer = _FinetuneTrainer
+    return FinetuneTrainer
+
+
+FinetuneTrainer: Any = None
+"""The fine-tuning :class:`~scforge.training.trainer.Trainer` subclass (built lazily)."""
+
+
+def _numel(p: torch.nn.Parameter) -> int:
+    return int(getattr(p, "ds_numel", p.numel()))  # ZeRO-3 partitions leave numel() at 0
+
+
+def epoch_history(metrics: Path, task: FinetuneTask, steps_per_epoch: float, epochs: int,
+                  kind: str) -> list[dict[str, Any]]:
+    """One record per epoch run so far: ``epoch``, ``loss``, ``val`` (accuracy or RMSE, when
+    validated), ``unfrozen_groups`` and ``trainable`` (parameters with a nonzero learning rate)."""
+    recs = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    groups = task.param_groups(0.0)
+    n_head = sum(_numel(p) for g in groups if g["name"] == "head" for p in g["params"])
+    metric = "val_acc" if kind == "classification" else "val_rmse"
+    out = []
+    for epoch in range(epochs):
+        lo, hi = epoch * steps_per_epoch, (epoch + 1) * steps_per_epoch
+        losses = [r["loss"] for r in recs if r.get("kind") == "train" and lo < r["step"] <= hi]
+        if not losses:
+            break
+        first = int(round(lo))
+        live = [g for g in groups if g["name"] != "head" and g["start_step"] <= first
+                and g["lr_scale"] > 0]
+        rec: dict[str, Any] = {
+            "epoch": epoch, "loss": float(np.mean(losses)),
+            "unfrozen_groups": len({g["name"] for g in live}),
+            "trainable": n_head + sum(_numel(p) for g in live for p in g["params"])}
+        vals = [r for r in recs if r.get("kind") == "val" and lo < r["step"] <= hi]
+        if vals and metric in vals[-1]:
+            rec["val"] = float(vals[-1][metric])
+        out.append(rec)
+    return out
+
+
+def _train_config(cfg: FinetuneConfig, info: dict[str, Any], data: LabelledData, *,
+                  max_len: int, max_steps: int, steps_per_epoch: float) -> Any:
+    """The :class:`~scforge.training.TrainConfig` of a fine-tuning run."""
+    from scforge.data.stream.config import MaskingConfig, StreamConfig
+    from scforge.models import ModelConfig
+    from scforge.training.config import DataConfig, LoopConfig, OptimConfig, TrainConfig
+
+    per_epoch = max(1, int(round(steps_per_epoch)))
+    val_batches = max(1, math.ceil(data.n_val / cfg.batch_size)) if data.n_val else 1
+    return TrainConfig(
+        data=DataConfig(train=str(data.train), val=str(data.val or ""),
+                        num_workers=cfg.num_workers,
+                        stream=StreamConfig(seed=cfg.seed, max_len=max_len,
+                                            batch_size=cfg.batch_size,
+                                            masking=MaskingConfig(name="none", probability=0.0))),
+        model=ModelConfig(**info["model"]),
+        optim=OptimConfig(lr=cfg.lr, weight_decay=cfg.weight_decay, betas=[0.9, 0.98],
+                          warmup_steps=int(cfg.warmup_fraction * max_steps), schedule="cosine",
+                          min_lr_ratio=0.0),
+        train=LoopConfig(max_steps=max_steps, micro_batch_size=cfg.batch_size,
+                         grad_accum=cfg.grad_accum, clip_grad=cfg.clip_grad,
+                         precision=cfg.precision, zero_stage=cfg.zero_stage, seed=cfg.seed,
+                         log_every=cfg.log_every, val_every=per_epoch if data.n_val else 0,
+                         val_batches=val_batches, early_stopping=cfg.early_stopping,
+                         ckpt_every=cfg.ckpt_every, keep_last_k=cfg.keep_last_k,
+                         resume=cfg.resume, out_dir=cfg.out_dir, compile=cfg.compile,
+                         progress=cfg.progress),
+        wandb=cfg.wandb)
+
+
+def _labelled_cells(cfg: FinetuneConfig, adata: Any | None) -> Any:
+    import anndata as ad
+
+    if adata is None:
+        if not cfg.data:
+            raise ValueError("data is empty; set data=<labelled h5ad with raw counts>")
+        if not Path(cfg.data).is_file():
+            raise FileNotFoundError(f"data={cfg.data!r} does not exist")
+        adata = ad.read_h5ad(cfg.data)
+    adata = filter_cells(adata, cfg.train_filter) if cfg.train_filter else adata
+    if cfg.max_cells and adata.n_obs > cfg.max_cells:
+        rng = np.random.default_rng(cfg.seed)
+        adata = adata[np.sort(rng.choice(adata.n_obs, cfg.max_cells, replace=False))].copy()
+    return adata
+
+
+def build_trainer(cfg: FinetuneConfig, adata: Any | None = None, *,
+                  callbacks: list[Any] | None = None) -> Any:
+    """Prepares the data (rank 0) and builds the :class:`FinetuneTrainer` of ``cfg``.
+
+    Args:
+        cfg: the config (validated here).
+        adata: labelled AnnData (default: read ``cfg.data``); every rank passes the same.
+        callbacks: extra trainer callbacks (see :mod:`scforge.training.callbacks`).
+
+    Raises:
+        ValueError, FileNotFoundError, ConfigError: bad config, data or checkpoint (one line).
+    """
+    from scforge.config.loader import ConfigError, to_yaml
+    from scforge.data.stream.ordering import batches_per_rank
+    from scforge.training.distributed import barrier, init_process_group
+    from scforge.training.export import load_pretrained, read_pretrained_info
+
+    cfg.validate()
+    if not cfg.checkpoint:
+        raise ConfigError("checkpoint is empty; pass --checkpoint <pretrained export dir>")
+    info = read_pretrained_info(cfg.checkpoint)
+    world = init_process_group()
+    if cfg.device != "auto" and cfg.device != world.device.type:
+        raise ConfigError(f"device={cfg.device!r} but this process trains on "
+                          f"{world.device.type}; set device=auto")
+    root = Path(cfg.out_dir) / "data"
+    if world.is_main:
+        adata = _labelled_cells(cfg, adata)
+        data = prepare_shards(adata, info, root, task=cfg.task, label_key=cfg.label_key,
+                              layer=cfg.layer, val_fraction=cfg.val_fraction, seed=cfg.seed)
+        (Path(cfg.out_dir) / "finetune.yaml").write_text(to_yaml(cfg))
+    barrier()
+    data = read_labelled(root)
+    batches = batches_per_rank(data.n_train, world.world_size, cfg.batch_size, "pad")
+    steps_per_epoch = batches / cfg.grad_accum
+    max_steps = max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    enc_cfg = info["model"]
+    max_len = cfg.max_len or seq_len_of(info, int(enc_cfg["max_len"]))
+    backend = resolve_backend(cfg.lora.backend) if cfg.lora.enabled else ""
+    adapted: list[str] = []
+
+    def build() -> FinetuneTask:
+        encoder = load_pretrained(cfg.checkpoint, device="cpu").train()
+        net = FinetuneModel(encoder, len(data.classes) if data.classes else 1,
+                            hidden=cfg.head_hidden, dropout=cfg.head_dropout, pooling=cfg.pooling)
+        if cfg.lora.enabled:
+            adapted[:] = apply_lora(encoder, targets=list(cfg.lora.targets), rank=cfg.lora.rank,
+                                    alpha=cfg.lora.alpha, dropout=cfg.lora.dropout,
+                                    backend=backend)
+        set_trainable(net, len(encoder_units(encoder)), lora=cfg.lora.enabled)
+        return FinetuneTask(net, task=cfg.task, label_key=cfg.label_key, classes=data.classes,
+                            target_scale=data.target_scale,
+                            groups=lambda wd: param_groups(net, cfg,
+                                                           steps_per_epoch=steps_per_epoch,
+                                                           weight_decay=wd))
+
+    meta = {"pretrained": info, "checkpoint": str(cfg.checkpoint), "task": cfg.task,
+            "label_key": cfg.label_key, "classes": data.classes,
+            "target_scale": list(data.target_scale),
+            "n_outputs": len(data.classes) if data.classes else 1,
+            "head_hidden": cfg.head_hidden, "pooling": cfg.pooling, "max_len": max_len,
+            "lora": adapted, "lora_backend": backend, "n_train": data.n_train,
+            "n_val": data.n_val, "config": dataclasses.asdict(cfg)}
+    tcfg = _train_config(cfg, info, data, max_len=max_len, max_steps=max_steps,
+                         steps_per_epoch=steps_per_epoch)
+    return _trainer_class()(tcfg, build=build, meta=meta, steps_per_epoch=steps_per_epoch,
+                            world=world, callbacks=callbacks)
+
+
+def finetune(cfg: FinetuneConfig, adata: Any | None = None, *,
+             callbacks: list[Any] | None = None) -> dict[str, Any]:
+    """Fine-tunes ``cfg.checkpoint`` on labelled cells through the trainer (or resumes).
 
     Args:
         cfg: the config.
         adata: labelled AnnData (default: read ``cfg.data``).
+        callbacks: extra trainer callbacks.
 
     Returns:
-        A summary: per-epoch loss and validation metric, trainable counts, the output path.
+        A summary: ``out`` (the fine-tuned model, ``<out_dir>/export``), ``run_dir``,
+        per-epoch ``history``, ``lora`` (adapted layers), ``step``, ``resumed_from``,
+        ``checkpoint`` and ``seconds``.
     """
-    import anndata as ad
-
-    from scforge.training.export import load_pretrained, read_pretrained_info
-
-    torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
-    dev = resolve_device(cfg.device)
-    info = read_pretrained_info(cfg.checkpoint)
-    adata = ad.read_h5ad(cfg.data) if adata is None else adata
-    adata = filter_cells(adata, cfg.train_filter) if cfg.train_filter else adata
-    if cfg.max_cells and adata.n_obs > cfg.max_cells:
-        adata = adata[np.sort(rng.choice(adata.n_obs, cfg.max_cells, replace=False))].copy()
-    tokenizer = checkpoint_tokenizer(info)
-    cells = tokenize_adata(adata, tokenizer, layer=cfg.layer)
-    y, classes = _targets(adata.obs[cfg.label_key].to_numpy(), cfg.task)
-    scale = (float(y.mean()), float(y.std() or 1.0)) if cfg.task == "regression" else (0.0, 1.0)
-    y_fit = (y - scale[0]) / scale[1] if cfg.task == "regression" else y
-    perm = rng.permutation(len(cells))
-    n_val = int(round(cfg.val_fraction * len(cells)))
-    val_idx, train_idx = np.sort(perm[:n_val]), perm[n_val:]
-
-    encoder = load_pretrained(cfg.checkpoint, device="cpu")
-    model = FinetuneModel(encoder, len(classes) if classes else 1, hidden=cfg.head_hidden,
-                          dropout=cfg.head_dropout, pooling=cfg.pooling)
-    backend = resolve_backend(cfg.lora.backend) if cfg.lora.enabled else ""
-    adapted = (apply_lora(encoder, targets=list(cfg.lora.targets), rank=cfg.lora.rank,
-                          alpha=cfg.lora.alpha, dropout=cfg.lora.dropout, backend=backend)
-               if cfg.lora.enabled else [])
-    model.to(dev)
-    opt = torch.optim.AdamW(param_groups(model, cfg), betas=(0.9, 0.98))
-    pad = {"max_len": cfg.max_len or seq_len_of(info, encoder.config.max_len),
-           "pad_id": int(encoder.config.pad_token_id), "eos_id": tokenizer.eos_id}
-    steps_per_epoch = math.ceil(len(train_idx) / cfg.batch_size)
-    total, warm = cfg.epochs * steps_per_epoch, max(1, int(cfg.warmup_fraction * cfg.epochs
-                                                            * steps_per_epoch))
-    n_units = len(encoder_units(encoder))
-    history, step, t0 = [], 0, time.perf_counter()
-    for epoch in range(cfg.epochs):
-        unfrozen = (n_units if cfg.unfreeze_every <= 0
-                    else min(n_units, epoch // cfg.unfreeze_every))
-        trainable = set_trainable(model, unfrozen, lora=cfg.lora.enabled)
-        model.train()
-        losses = []
-        for idx, batch in _batches(cells, rng.permutation(train_idx), cfg.batch_size, **pad):
-            lr_scale = min(1.0, (step + 1) / warm) * 0.5 * (1 + math.cos(math.pi * step / total))
-            for g in opt.param_groups:
-                g["lr"] = g["base_lr"] * lr_scale
-            out = model(batch.to(dev))
-            target = torch.from_numpy(y_fit[idx]).to(dev)
-            loss = (F.cross_entropy(out, target) if cfg.task == "classification"
-                    else F.mse_loss(out, target))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],
-                                           1.0)
-            opt.step()
-            losses.append(float(loss.detach()))
-            step += 1
-        rec = {"epoch": epoch, "loss": float(np.mean(losses)), "unfrozen_groups": unfrozen,
-               "trainable": trainable}
-        if n_val:
-            pred = predict_cells(model, cells.subset(val_idx), batch_size=64, device=dev, **pad)
-            rec["val"] = (float((pred.argmax(1) == y[val_idx]).mean())
-                          if cfg.task == "classification"
-                          else float(np.sqrt(np.mean((pred * scale[1] + scale[0]
-                                                      - y[val_idx]) ** 2))))
-        history.append(rec)
-        if cfg.progress:
-            print(f"[finetune] {json.dumps(rec)}")
-    merge_lora(model)
-    meta = {"pretrained": info, "task": cfg.task, "label_key": cfg.label_key,
-            "classes": classes, "target_scale": list(scale), "n_outputs": model.n_outputs,
-            "head_hidden": cfg.head_hidden, "pooling": cfg.pooling, "max_len": pad["max_len"],
-            "lora": adapted, "lora_backend": backend,
-            "config": dataclasses.asdict(cfg), "history": history}
-    out = save_finetuned(model, cfg.out_dir, meta)
-    return {"out": str(out), "history": history, "lora": adapted,
+    t0 = time.perf_counter()
+    trainer = build_trainer(cfg, adata, callbacks=callbacks)
+    result = trainer.fit()
+    history = trainer.history() if trainer.world.is_main else []
+    return {"out": str(result.export_dir) if result.export_dir else None,
+            "run_dir": str(result.out_dir), "history": history, "lora": trainer.meta["lora"],
+            "step": result.step, "val": result.val, "stopped_early": result.stopped_early,
+            "resumed_from": str(result.resumed_from) if result.resumed_from else None,
+            "checkpoint": str(result.checkpoint) if result.checkpoint else None,
             "seconds": round(time.perf_counter() - t0, 1)}
 
 
@@ -311,20 +505,37 @@ def predict(finetuned_dir: str | Path, data: str | Path | Any, out: str | Path |
 
 
 def finetune_main(argv: list[str] | None = None) -> int:
-    """``scforge finetune --config configs/finetune/<x>.yaml [key=value ...]``."""
+    """``scforge finetune --config configs/finetune/<x>.yaml --checkpoint DIR [key=value ...]``.
+
+    Under a launcher (``deepspeed``/``torchrun``) run ``python -m scforge.finetune.train ...``;
+    every rank runs this, rank 0 prints the summary.
+    """
+    import os
+
     from scforge.config.loader import ConfigError, load_config
 
     ap = argparse.ArgumentParser(prog="scforge finetune",
-                                 description="Fine-tune a pretrained encoder with a task head.")
-    ap.add_argument("--config", action="append", default=[])
-    ap.add_argument("overrides", nargs="*")
-    args = ap.parse_args(argv)
+                                 description="Fine-tune a pretrained encoder with a task head "
+                                             "through the DeepSpeed trainer.")
+    ap.add_argument("--config", action="append", default=[], metavar="FILE")
+    ap.add_argument("--checkpoint", default=None,
+                    help="pretrained export directory (overrides checkpoint= of the config)")
+    ap.add_argument("--local_rank", "--local-rank", type=int, default=None,
+                    help=argparse.SUPPRESS)  # appended by the deepspeed launcher
+    ap.add_argument("overrides", nargs="*", metavar="key=value")
+    args = ap.parse_args(sys.argv[1:] if argv is None else argv)
+    if args.local_rank is not None:
+        os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
+    overrides = list(args.overrides)
+    if args.checkpoint is not None:
+        overrides.append(f"checkpoint={args.checkpoint}")
     try:
-        res = finetune(load_config(FinetuneConfig, args.config, args.overrides))
+        res = finetune(load_config(FinetuneConfig, args.config, overrides))
     except (ConfigError, ValueError, FileNotFoundError) as e:
-        print(f"scforge finetune: error: {e}")
+        print(f"scforge finetune: error: {e}", file=sys.stderr)
         return 2
-    print(json.dumps(res, indent=1))
+    if os.environ.get("RANK", "0") == "0":
+        print(json.dumps(res, indent=1))
     return 0
 
 
@@ -347,3 +558,7 @@ def predict_main(argv: list[str] | None = None) -> int:
         return 2
     print(f"wrote {args.out}: obs[{args.key!r}]")
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(finetune_main())

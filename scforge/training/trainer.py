@@ -87,7 +87,7 @@ class Trainer:
         random.seed(t.seed)
         np.random.seed(t.seed)
         torch.manual_seed(t.seed)  # identical init on every rank (DeepSpeed broadcasts anyway)
-        model = get_model(self.cfg.model)
+        model = self.build_model()
         if t.compile:
             compile_blocks(model)  # in place: state-dict keys stay those of the plain model
         self.ds_config = deepspeed_config(self.cfg, world_size=self.world.world_size,
@@ -109,6 +109,20 @@ class Trainer:
         self.early = EarlyStopping(t.early_stopping)
         self.peak = peak_tflops(self.world.device, t.precision, t.peak_tflops)
         self.step = 0
+
+    # ------------------------------------------------------------------ hooks
+    def build_model(self) -> torch.nn.Module:
+        """The module the engine trains: the registry model of ``cfg.model`` (already bound to
+        the shards). Subclasses (fine-tuning) return another module whose ``forward(batch)``
+        returns a :class:`~scforge.contracts.ModelOutput`; a ``param_groups(weight_decay)``
+        method on it sets the optimizer groups (see :mod:`scforge.training.optim`)."""
+        return get_model(self.cfg.model)
+
+    def write_export(self, out: Path, state: dict[str, torch.Tensor]) -> None:
+        """Writes the export of the consolidated fp32 ``state`` of :meth:`build_model`'s module
+        (rank 0 only). Subclasses that train another module write their own format here."""
+        export_pretrained(out, self.cfg.model, state, manifest=self.manifest,
+                          extra={"step": self.step, "train_config": dataclasses.asdict(self.cfg)})
 
     # ------------------------------------------------------------------ data
     def _batches(self) -> Iterator[Batch]:
@@ -165,10 +179,7 @@ class Trainer:
             state = consolidated_state(self.engine, zero_stage=self.cfg.train.zero_stage,
                                        precision=self.cfg.train.precision,
                                        ckpt_dir=tag_dir.parent, tag=tag_dir.name)
-            export_pretrained(self.out_dir / "export", self.cfg.model, state,
-                              manifest=self.manifest,
-                              extra={"step": self.step,
-                                     "train_config": dataclasses.asdict(self.cfg)})
+            self.write_export(self.out_dir / "export", state)
         ckpt.barrier()
         return self.out_dir / "export"
 
