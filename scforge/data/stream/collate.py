@@ -130,6 +130,7 @@ class Collator:
         assert k is not None
         if table.values is not None and table.values.dtype == np.float16:
             table.values = table.values.astype(np.float32)  # exact; Numba has no float16
+            # (windows arrive widened already: see WindowBuilder)
         none = _EMPTY_F32
         values = table.values if table.values is not None else none.reshape(-1)
         n_cut, n_masked = collate_batch(
@@ -141,11 +142,17 @@ class Collator:
             arrays.get("value_labels", none), arrays.get("value_mask", _EMPTY_BOOL))
         return int(n_cut), int(n_masked)
 
+    def keys(self, table: CellTable, epoch: int) -> np.ndarray:
+        """uint32 mask key of every cell of ``table`` for ``epoch`` (one vectorised hash per
+        window instead of one per batch)."""
+        return cell_keys(self.seed, epoch, table.gids, self.masking.stream)
+
     def build(self, table: CellTable, idx: np.ndarray, epoch: int, arena: Arena,
-              info: BatchInfo) -> Wire:
+              info: BatchInfo, *, keys: np.ndarray | None = None) -> Wire:
         """The batch of cells ``idx``, masked for ``epoch``, its arrays carved from ``arena``.
 
-        ``info.stats`` is filled with the batch's counters.
+        ``info.stats`` is filled with the batch's counters. ``keys``: the cells' mask keys
+        when already known (``self.keys(table, epoch)[idx]``).
         """
         starts = table.offsets[idx]
         full = table.offsets[idx + 1] - starts
@@ -156,18 +163,18 @@ class Collator:
         for name, dtype in self.fields(table.values is not None):
             arrays[name], off = arena.take(shape, dtype)
             layout.append((name, dtype, off, shape))
-        keys = cell_keys(self.seed, epoch, table.gids[idx], self.masking.stream)
+        if keys is None:
+            keys = cell_keys(self.seed, epoch, table.gids[idx], self.masking.stream)
         if self.use_kernel and self._kernel is not None:
             n_cut, n_masked = self._fill_kernel(table, arrays, keys, starts, full)
         else:
             n_cut, n_masked = self._fill_reference(table, arrays, keys, starts, full, lens)
-        rows = idx.tolist()
         info.stats = {"cells": shape[0], "real_tokens": int(lens.sum()),
                       "padded_tokens": shape[0] * shape[1], "masked_tokens": n_masked,
                       "truncated_cells": n_cut, "filled_cells": int(table.filled[idx].sum())}
         return Wire(arena.buffer, layout, lens.tolist(),
-                    {f: [col[i] for i in rows] for f, col in table.obs.items()},
-                    [table.cell_ids[i] for i in rows], info, pooled=arena.pooled)
+                    {f: col[idx].tolist() for f, col in table.obs.items()},
+                    table.cell_ids[idx].tolist(), info, pooled=arena.pooled)
 
     def __call__(self, table: CellTable, idx: np.ndarray, epoch: int) -> StreamBatch:
         """The finished batch of cells ``idx`` of ``table`` (in-process use)."""

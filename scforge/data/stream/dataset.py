@@ -28,7 +28,7 @@ from scforge.data.stream.config import StreamConfig
 from scforge.data.stream.masking import Specials, get_masking
 from scforge.data.stream.source import BlockReader, ShardSet
 from scforge.data.stream.state import ResumeError, check_state, make_state
-from scforge.data.stream.table import CellTable
+from scforge.data.stream.table import CellTable, WindowBuilder
 from scforge.data.stream.wire import Arena, BatchInfo, ShmPool, StreamBatch, Wire, WireGroup
 
 _COUNTERS = ("cells", "batches", "real_tokens", "padded_tokens", "masked_tokens",
@@ -266,6 +266,7 @@ class ShardStream(IterableDataset):
         reader = BlockReader(self.shards, verify=c.verify, on_error=c.on_error,
                              verified=frozenset(self.verified))
         pool = ShmPool() if shared else None
+        builder = WindowBuilder()
         index = 0
         try:
             for wi, (a, b) in enumerate(od.window_spans(lo, hi, self.window)):
@@ -273,7 +274,8 @@ class ShardStream(IterableDataset):
                 if index + n_batches <= skip:
                     index += n_batches
                     continue
-                table = self._load_window(reader, seq, (a, b), (lo, hi), worker)
+                table = self._load_window(reader, seq, (a, b), (lo, hi), worker, builder)
+                keys = self.collator.keys(table, epoch)
                 rng = od.window_rng(c.seed, epoch, self.rank, worker, wi) if c.shuffle else None
                 lengths = np.minimum(table.lengths, self.max_len)
                 plan = plan_batches(lengths, c.batch_size, rng, bucketing=c.bucketing.enabled,
@@ -289,7 +291,8 @@ class ShardStream(IterableDataset):
                                                  BatchInfo(epoch=epoch, rank=self.rank,
                                                            worker=worker, index=k,
                                                            skipped=reader.take_skips(),
-                                                           verified=reader.take_verified()))
+                                                           verified=reader.take_verified()),
+                                                 keys=keys[idx])
                              for k, idx in todo]
                     yield WireGroup(arena.buffer, wires, pooled=arena.pooled)
                 index += n_batches
@@ -297,30 +300,42 @@ class ShardStream(IterableDataset):
             reader.close()
 
     def _load_window(self, reader: BlockReader, seq: od.BlockSequence, span: tuple[int, int],
-                     worker_span: tuple[int, int], worker: int) -> CellTable:
-        """Decodes a window; under on_error="skip" unreadable cells get readable stand-ins."""
-        parts: list[CellTable | int] = []
+                     worker_span: tuple[int, int], worker: int,
+                     builder: WindowBuilder | None = None) -> CellTable:
+        """Decodes a window; under on_error="skip" unreadable cells get readable stand-ins.
+
+        The table views ``builder``'s buffers (valid until its next window) when one is given.
+        """
+        builder = builder if builder is not None else WindowBuilder()
+        fields = self.shards.obs_fields
+        has_values = self.shards.value_dtype is not None
+        builder.begin(span[1] - span[0], fields, values=has_values)
+        parts: list[tuple[int, int] | int] = []  # cells [first, end) in the builder, or a gap
+        done = 0
         for p in od.pieces(seq, *span):
             block = reader.read(p.shard, p.block)
             if block is None:
                 parts.append(p.hi - p.lo)
-            else:
-                gid0 = int(self.shards.gid_base[p.shard]) + p.block * self.shards.block_cells
-                parts.append(CellTable.from_block(block, p.lo, p.hi, gid0, self.shards.obs_fields))
-        good = [t for t in parts if isinstance(t, CellTable)]
-        if len(good) == len(parts):
-            return CellTable.concat(good)
-        if not good:
-            good = [self._stand_in(reader, seq, span, worker_span, worker)]
-        pool = CellTable.concat(good)
-        k, out = 0, []
+                continue
+            gid0 = int(self.shards.gid_base[p.shard]) + p.block * self.shards.block_cells
+            # Copied now: the block's buffers are recycled once two more blocks are read.
+            builder.add_block(block, p.lo, p.hi, gid0)
+            parts.append((done, done + p.hi - p.lo))
+            done += p.hi - p.lo
+        if done == span[1] - span[0]:
+            return builder.finish()
+        # Some cells are unreadable: the window again, readable cells standing in for them.
+        pool = (builder.finish(copy=True, partial=True) if done
+                else self._stand_in(reader, seq, span, worker_span, worker))
+        builder.begin(span[1] - span[0], fields, values=has_values)
+        k = 0
         for t in parts:
             if isinstance(t, int):
-                out.append(pool.take((k + np.arange(t)) % pool.n_cells, filled=True))
+                builder.add_table(pool.take((k + np.arange(t)) % pool.n_cells, filled=True))
                 k += t
             else:
-                out.append(t)
-        return CellTable.concat(out)
+                builder.add_table(pool.take(np.arange(*t)))
+        return builder.finish()
 
     def _stand_in(self, reader: BlockReader, seq: od.BlockSequence, span: tuple[int, int],
                   worker_span: tuple[int, int], worker: int) -> CellTable:

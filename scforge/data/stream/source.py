@@ -16,6 +16,7 @@ import io
 import json
 import re
 import subprocess
+import sys
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,8 +31,8 @@ from scforge.data.shard import (
     ShardFormatError,
     ShardIntegrityError,
     load_manifest,
-    read_block,
 )
+from scforge.data.shard.format import BlockDecoder
 from scforge.data.stream.ordering import block_sizes
 
 MANIFEST = "manifest.json"
@@ -188,8 +189,11 @@ def verify_file(url: str, fh: IO[bytes], entry: dict) -> None:
 
 
 def check_block(block: dict[str, Any], *, where: str, cells: int, has_values: bool,
-                vocab_size: int, obs_fields: Sequence[str]) -> None:
-    """Cheap consistency checks of a decoded block, so corruption fails loudly, not as bad data."""
+                vocab_size: int, obs_fields: Sequence[str], max_token: int | None = None) -> None:
+    """Cheap consistency checks of a decoded block, so corruption fails loudly, not as bad data.
+
+    ``max_token``: the largest token id when the decoder already knows it (saves a pass).
+    """
     lengths, tokens = block.get("lengths"), block.get("tokens")
     if lengths is None or tokens is None:
         raise ShardFormatError(f"{where}: block lacks lengths/tokens arrays")
@@ -202,13 +206,42 @@ def check_block(block: dict[str, Any], *, where: str, cells: int, has_values: bo
     if has_values != (values is not None) or (values is not None and values.size != tokens.size):
         raise ShardFormatError(f"{where}: values do not match the tokens (manifest value dtype "
                                f"{'set' if has_values else 'none'})")
-    if tokens.size and int(tokens.max()) >= vocab_size:
-        raise ShardFormatError(f"{where}: token id {int(tokens.max())} >= vocabulary size "
-                               f"{vocab_size}")
+    if tokens.size:
+        peak = int(tokens.max()) if max_token is None else max_token
+        if peak >= vocab_size:
+            raise ShardFormatError(f"{where}: token id {peak} >= vocabulary size {vocab_size}")
     for name in ("cell_id", *obs_fields):
         if name in block and len(block[name]) != cells:
             raise ShardFormatError(f"{where}: {name} has {len(block[name])} entries for {cells} "
                                    "cells")
+
+
+class _Buffers:
+    """Recycled uint8 buffers for decoded block arrays (fresh memory faults on first touch)."""
+
+    def __init__(self) -> None:
+        self.free: list[np.ndarray] = []
+
+    def get(self, nbytes: int) -> np.ndarray:
+        for k, buf in enumerate(self.free):
+            if len(buf) >= nbytes:
+                del self.free[k]
+                return buf
+        return np.empty(max(nbytes + nbytes // 4, 64), dtype=np.uint8)
+
+    def put(self, buf: np.ndarray) -> None:
+        if len(self.free) < 8:
+            self.free.append(buf)
+
+
+def _intern(column: list[str]) -> list[str]:
+    """Equal strings as one object: obs columns repeat a few values, and pickling (the
+    DataLoader queue) writes a repeated object once."""
+    try:
+        return list(map(sys.intern, column))  # also one object across blocks
+    except TypeError:  # a non-string (JSON null) in the column
+        seen: dict[str, str] = {}
+        return [seen.setdefault(v, v) if isinstance(v, str) else v for v in column]
 
 
 class BlockReader:
@@ -233,6 +266,8 @@ class BlockReader:
         self.new_verified: list[str] = []
         self._files: OrderedDict[int, IO[bytes]] = OrderedDict()
         self._blocks: OrderedDict[tuple[int, int], dict[str, Any]] = OrderedDict()
+        self._buffers = _Buffers()
+        self._decoder = BlockDecoder()
 
     def _file(self, i: int) -> IO[bytes]:
         fh = self._files.get(i)
@@ -261,7 +296,11 @@ class BlockReader:
         return fh
 
     def read(self, i: int, b: int) -> dict[str, Any] | None:
-        """Block ``b`` of shard ``i``, or None when the shard is unreadable and skipped."""
+        """Block ``b`` of shard ``i``, or None when the shard is unreadable and skipped.
+
+        The block's arrays live in buffers this reader recycles: they stay valid until two
+        more blocks have been read (copy what must live longer).
+        """
         if i in self.bad:
             return None
         cached = self._blocks.get((i, b))
@@ -269,10 +308,7 @@ class BlockReader:
             return cached
         url = self.shards.urls[i]
         try:
-            block = read_block(url, self.shards.entries[i], b, self._file(i))
-            check_block(block, where=f"{url}: block {b}", cells=int(self.shards.sizes[i][b]),
-                        has_values=self.shards.value_dtype is not None,
-                        vocab_size=self.shards.vocab_size, obs_fields=self.shards.obs_fields)
+            block = self._decode(i, b)
         except (ShardFormatError, OSError, ValueError, KeyError, TypeError) as e:
             msg = str(e) if url in str(e) else f"shard {url}: {e}"
             if self.on_error == "raise":
@@ -285,7 +321,44 @@ class BlockReader:
             return None
         self._blocks[(i, b)] = block
         while len(self._blocks) > self._CACHED_BLOCKS:
-            self._blocks.popitem(last=False)
+            for buf in self._blocks.popitem(last=False)[1].get("_buffers", ()):
+                self._buffers.put(buf)
+        return block
+
+    def _decode(self, i: int, b: int) -> dict[str, Any]:
+        url, entry = self.shards.urls[i], self.shards.entries[i]
+        offset, size = entry["block_index"][b]
+        fh = self._file(i)
+        fh.seek(offset)
+        blob = fh.read(size)
+        where = f"{url}: block {b}"
+        if len(blob) != size:
+            raise ShardFormatError(f"{where} is truncated ({len(blob)} of {size} bytes)")
+        try:
+            raw = self._decoder.open(blob)
+        except ShardFormatError as e:
+            raise ShardFormatError(f"{where}: {e}") from None
+        block: dict[str, Any] = {"lengths": raw.array("lengths")[0]} if "lengths" in raw.specs \
+            else {}
+        peak, owned = None, []
+        for name in ("tokens", "values"):
+            if name in raw.specs:
+                dt, count = raw.specs[name][0], raw.count(name)
+                out = None
+                if dt.itemsize > 1:
+                    buf = self._buffers.get(count * dt.itemsize)
+                    owned.append(buf)
+                    out = buf[: count * dt.itemsize].view(dt)
+                block[name], p = raw.array(name, out)
+                if name == "tokens":
+                    peak = p if dt.itemsize > 1 and dt.kind == "u" else None
+        block["_buffers"] = owned
+        for name, col in raw.strings.items():
+            block[name] = col if name == "cell_id" else _intern(col)
+        check_block(block, where=where, cells=int(self.shards.sizes[i][b]),
+                    has_values=self.shards.value_dtype is not None,
+                    vocab_size=self.shards.vocab_size, obs_fields=self.shards.obs_fields,
+                    max_token=peak)
         return block
 
     def take_skips(self) -> list[str]:
