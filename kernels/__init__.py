@@ -1,4 +1,5 @@
-"""Numba tokenization kernels (installed as ``scforge.kernels``).
+"""Numba kernels (installed as ``scforge.kernels``): tokenization, and the sparse dropout
+corrections of CPU attention (``attention``).
 
 Leaf layer: NumPy arrays in, NumPy arrays out. Every kernel works on a whole CSR chunk of cells
 (parallel across cells, compiled once and cached on disk) and has a plain-NumPy reference twin

@@ -1,60 +1,60 @@
 """Attention kernels: ``F.scaled_dot_product_attention``, plus a CPU path for probability dropout.
 
-Shape legend: B = batch, H = heads, L = query/key length, Dh = head width, C = (batch, head)
-pairs in one chunk.
+Shape legend: B = batch, H = heads, L = query/key length, Dh = head width.
 
 SDPA picks a fused kernel (flash on CPU; flash / memory-efficient on GPU) only when
 ``dropout_p == 0`` on CPU: with dropout on the attention probabilities (BERT's and Geneformer's
 ``attention_probs_dropout_prob``) PyTorch falls back to its "math" path, which materialises the
 [B, H, L, L] scores several times over and draws the dropout mask with ``bernoulli_``; on 2
-cores at L = 2,048 that path costs ~9x the fused kernel and dominates a small model's step.
+cores at L = 2,048 that path costs 5-9x the fused kernel and dominates a small model's step.
 
-:func:`dropout_attention` computes exactly the same function (softmax, then dropout of the
-probabilities with rescaling by ``1 / (1 - p)``, then the weighted sum) with a hand-written
-backward, one cell (or a bounded block of heads/rows) at a time:
+:func:`dropout_attention` computes exactly the same function (softmax, dropout of the
+probabilities with rescaling by ``1 / (1 - p)``, weighted sum) from the no-dropout flash kernel
+plus sparse corrections (:mod:`scforge.kernels.attention`):
 
-- it draws the drop mask with cheap 16-bit draws instead of ``bernoulli_``, and does fewer
-  passes over the [L, L] scores than the math path (no safe-softmax re-masking);
-- the keep/drop decision is one 16-bit draw per probability (four per 64-bit word of torch's
-  global CPU generator, so seeding and checkpointed RNG state work as usual): a probability is
-  dropped when its draw is below ``round(p * 65536)``, i.e. the drop rate is ``p`` rounded to a
-  multiple of 1/65,536 (0.02 -> 0.020004);
-- forward zeroes the dropped probabilities in place and keeps that matrix (in the input dtype)
-  plus, for the dropped entries only (a fraction ``p``), their flat index and probability;
-  backward uses ``dS = P * (dP - rowsum(dO * O))``, the identity flash attention uses, with
-  ``dP - rowsum`` from one matmul of ``[dO, rowsum]`` by ``[V, -1]`` and ``P`` at the dropped
-  entries written back sparsely, so no extra ``[L, L]`` pass rebuilds a dropped matrix.
+- ``O = (P V - P_D V) / (1 - p)``, where ``P_D`` is ``P`` at the dropped entries only, a fraction
+  ``p`` of them (2% for Geneformer); each dropped probability is rebuilt from the flash kernel's
+  log-sum-exp with one dot product;
+- backward runs the flash backward with ``dO / (1 - p)`` and ``out = (1 - p) O`` (so its
+  softmax term ``rowsum(dO * out)`` is exact), then subtracts what it added for dropped entries;
+- dropped entries are drawn as geometric gaps between successive drops (~``n p`` draws from
+  torch's global CPU RNG instead of ``n``): exactly i.i.d. Bernoulli(``p``), and gradient
+  checkpointing's RNG restore redraws the same ones.
 
-Memory is below that of the math path (one [L, L] matrix per layer, no bool mask); time
-~1.3x-1.6x less at L = 2,048 on 2 shared cores (``benchmarks/bench_train.py`` measures the
-whole step).
+Nothing of size [L, L] is ever allocated: memory is O(L Dh + n p). At 4 x 2,048 tokens on 2
+cores, forward + backward of one layer took 0.42 s against 0.34 s for flash without dropout and
+1.84 s for the math path (d = 256, 4 heads; ``benchmarks/bench_train.py`` measures whole steps).
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-_BITS = 16
-_SPAN = 1 << _BITS
-CHUNK_ELEMENTS = 1 << 26
-"""Score elements per chunk (64M: 256 MiB per fp32 temporary), which bounds the transient memory
-of long sequences. Cache-sized chunks (1-4M scores) measured slower on 2 shared cores: per-op
-overhead and thread synchronisation outweigh the cache reuse; one chunk per cell was fastest."""
+CORRECTION_DTYPES = (torch.float32, torch.float64)
+"""Dtypes the sparse corrections run in; bf16/fp16 inputs are corrected in float32."""
 
 
-def drop_threshold(p: float) -> int:
-    """Signed 16-bit threshold: a draw below it drops the probability (rate ``p`` quantised)."""
-    return -(_SPAN // 2) + round(p * _SPAN)
+def draw_dropped(n: int, p: float) -> torch.Tensor:
+    """Sorted int64 indices of the dropped entries among ``n``: each independently with rate ``p``.
 
-
-def draw_drop_mask(shape: tuple[int, ...], p: float) -> torch.Tensor:
-    """bool ``shape``: True where a probability is dropped, rate ``p`` (global CPU RNG)."""
-    n = math.prod(shape)
-    words = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(2**63), None)
-    return (words.view(torch.int16)[:n] < drop_threshold(p)).view(shape)
+    The gaps between successive dropped entries of an i.i.d. Bernoulli(p) sequence are
+    geometric, so ~``n p`` geometric draws (torch's global CPU RNG: seeding and the RNG state that
+    gradient checkpointing restores work as usual) replace ``n`` uniform ones.
+    """
+    expected = n * p
+    chunk = int(expected + 8.0 * math.sqrt(expected + 1.0) + 64)
+    parts, last = [], -1
+    while last < n - 1:
+        gaps = torch.empty(chunk, dtype=torch.float64).geometric_(p)
+        pos = gaps.cumsum_(0).add_(last).to(torch.int64)
+        parts.append(pos)
+        last = int(pos[-1])
+    flat = torch.cat(parts) if len(parts) > 1 else parts[0]
+    return flat[: int(torch.searchsorted(flat, n))]
 
 
 def attention(
@@ -101,18 +101,14 @@ def dropout_attention(
     return _DropoutAttention.apply(q, k, v, mask, p, drop)
 
 
-def _chunks(b: int, h: int, length: int, keys: int) -> list[tuple[int, int, int, int, int]]:
-    """(batch, first head, end head, first row, end row) blocks of ~``CHUNK_ELEMENTS`` scores.
+def _flash(q, k, v, bias, scale):  # noqa: ANN001, ANN202
+    return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+        q, k, v, 0.0, False, attn_mask=bias, scale=scale)
 
-    Short sequences group heads of one cell; long ones split one head's query rows.
-    """
-    per_head = length * keys
-    if per_head <= CHUNK_ELEMENTS:
-        step = max(1, CHUNK_ELEMENTS // per_head)
-        return [(i, j, min(j + step, h), 0, length) for i in range(b) for j in range(0, h, step)]
-    rows = max(64, CHUNK_ELEMENTS // keys)
-    return [(i, j, j + 1, r, min(r + rows, length))
-            for i in range(b) for j in range(h) for r in range(0, length, rows)]
+
+def _flash_backward(go, q, k, v, out, lse, bias, scale):  # noqa: ANN001, ANN202
+    return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+        go, q, k, v, out, lse, 0.0, False, attn_mask=bias, scale=scale)
 
 
 def mask_bias(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
@@ -127,90 +123,86 @@ def mask_bias(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | N
         ~mask, float("-inf"))
 
 
-def _bias_block(bias: torch.Tensor, i: int, j0: int, j1: int, r0: int, r1: int) -> torch.Tensor:
-    heads = slice(None) if bias.shape[1] == 1 else slice(j0, j1)
-    rows = slice(None) if bias.shape[2] == 1 else slice(r0, r1)
-    return bias[i, heads, rows]
+def _bias_at(bias: torch.Tensor | None, flat: torch.Tensor, shape: tuple[int, ...],
+             dtype: torch.dtype) -> torch.Tensor:
+    """The additive mask at each flat index of the [B, H, L, Lk] probabilities (0 or -inf)."""
+    if bias is None:
+        return torch.zeros(len(flat), dtype=dtype)
+    b, h, length, keys = shape
+    dense = bias.contiguous()
+    strides = dense.expand(shape).stride()  # 0 along broadcast dimensions
+    rest, j = flat.div(keys, rounding_mode="floor"), flat.remainder(keys)
+    rest, i = rest.div(length, rounding_mode="floor"), rest.remainder(length)
+    bi, hi = rest.div(h, rounding_mode="floor"), rest.remainder(h)
+    offset = bi * strides[0] + hi * strides[1] + i * strides[2] + j * strides[3]
+    return dense.reshape(-1)[offset].to(dtype)
+
+
+def _rows(t: torch.Tensor, dtype: torch.dtype) -> np.ndarray:
+    """A C-contiguous [B*H, L, Dh] NumPy view (a copy when the layout or dtype differs)."""
+    b, h, length, dh = t.shape
+    return t.detach().to(dtype).contiguous().view(b * h, length, dh).numpy()
 
 
 class _DropoutAttention(torch.autograd.Function):
-    """Saves the kept probabilities ``P * keep`` (dropped entries zeroed in place) and, for the
-    few dropped entries (rate ``p``), their flat index and probability: backward needs ``P``
-    there for the softmax term, and nowhere else, so neither the full ``P`` nor the bool mask
-    is kept and no ``[L, L]`` pass rebuilds the dropped matrix."""
+    """Flash attention without dropout, corrected at the dropped entries (see the module doc).
+
+    Saves q, k, v, the pre-scaling output ``(1 - p) O``, the log-sum-exp, and for the dropped
+    entries only their flat index and probability: no [L, L] tensor is ever built.
+    """
 
     @staticmethod
     def forward(ctx, q, k, v, mask, p, drop):  # noqa: ANN001, ANN205 - autograd signature
+        from scforge.kernels.attention import dropped_forward, run_split, segments
+
         b, h, length, dh = q.shape
         keys = k.shape[2]
+        shape = (b, h, length, keys)
         scale = 1.0 / math.sqrt(dh)
         bias = mask_bias(mask, q.dtype)
+        o0, lse = _flash(q, k, v, bias, scale)
         if drop is None:
-            drop = draw_drop_mask((b, h, length, keys), p)
+            flat = draw_dropped(math.prod(shape), p)
+        else:
+            flat = drop.expand(shape).reshape(-1).nonzero().squeeze(1)
+        cdt = q.dtype if q.dtype in CORRECTION_DTYPES else torch.float32
+        qn, kn, vn = _rows(q, cdt), _rows(k, cdt), _rows(v, cdt)
+        flat_np = flat.numpy()
+        seg = segments(flat_np, b * h, length * keys)
+        pd = np.empty(len(flat_np), dtype=qn.dtype)
+        corr = np.zeros_like(qn)
+        run_split(dropped_forward, b * h, qn, kn, vn,
+                  lse.detach().to(cdt).reshape(b * h, length).numpy(),
+                  _bias_at(bias, flat, shape, cdt).numpy(), flat_np, seg, scale, pd, corr,
+                  threads=torch.get_num_threads())
+        kept_out = o0 - torch.from_numpy(corr).view(b, h, length, dh).to(o0.dtype)
         keep_scale = 1.0 / (1.0 - p)
-        qs = q * scale
-        k, v = k.contiguous(), v.contiguous()  # small; strided head views would be copied per chunk
-        kept = torch.empty((b, h, length, keys), dtype=q.dtype, device=q.device)
-        out = torch.empty((b, h, length, dh), dtype=q.dtype, device=q.device)
-        exact = q.dtype in (torch.float32, torch.float64)
-        where, dropped = [], []
-        for i, j0, j1, r0, r1 in _chunks(b, h, length, keys):
-            s = torch.matmul(qs[i, j0:j1, r0:r1], k[i, j0:j1].transpose(-1, -2))  # [C, R, Lk]
-            if bias is not None:
-                s.add_(_bias_block(bias, i, j0, j1, r0, r1))
-            pr = kept[i, j0:j1, r0:r1]  # contiguous: one head's rows, or whole heads
-            if exact:
-                torch.softmax(s, dim=-1, out=pr)
-            else:  # bf16/fp16: normalise in fp32
-                pr.copy_(torch.softmax(s.float(), dim=-1))
-            flat = pr.view(-1)
-            idx = drop[i, j0:j1, r0:r1].reshape(-1).nonzero().squeeze(1)
-            dropped.append(flat.index_select(0, idx))
-            where.append(idx)
-            flat.index_fill_(0, idx, 0.0)
-            torch.matmul(pr, v[i, j0:j1], out=out[i, j0:j1, r0:r1])
-        out.mul_(keep_scale)
-        ctx.save_for_backward(qs, k, v, kept, out, *where, *dropped)
+        ctx.save_for_backward(q, k, v, kept_out, lse, bias, flat, torch.from_numpy(pd))
         ctx.scale, ctx.keep_scale = scale, keep_scale
-        return out
+        return kept_out * keep_scale
 
     @staticmethod
     def backward(ctx, grad_out):  # noqa: ANN001, ANN205 - autograd signature
-        qs, k, v, kept, out, *rest = ctx.saved_tensors
-        where, dropped = rest[: len(rest) // 2], rest[len(rest) // 2:]
+        from scforge.kernels.attention import dropped_backward, run_split, segments
+
+        q, k, v, kept_out, lse, bias, flat, pd = ctx.saved_tensors
         scale, keep_scale = ctx.scale, ctx.keep_scale
-        b, h, length, _ = qs.shape
+        b, h, length, dh = q.shape
         keys = k.shape[2]
-        go = (grad_out * keep_scale).contiguous()  # the dropout rescaling, folded into dO
-        # rowsum(dP * P) = rowsum(dO * O): the softmax-backward term without an [L, L] pass.
-        acc = torch.promote_types(qs.dtype, torch.float32)
-        delta = (go.to(acc) * out.to(acc)).sum(dim=-1, keepdim=True).div_(keep_scale)
-        delta = delta.to(qs.dtype)
-        # [dO, delta] @ [V, -1]^T = dP - delta in the matmul itself: no extra [L, L] pass.
-        g_aug = torch.cat([go, delta], dim=-1)
-        v_aug = torch.cat([v, v.new_full((*v.shape[:-1], 1), -1.0)], dim=-1)
-        dq = torch.empty_like(qs)
-        dk, dv = torch.zeros_like(k), torch.zeros_like(v)
-        ds = None
-        blocks = zip(where, dropped, _chunks(b, h, length, keys), strict=True)
-        for idx, pd, (i, j0, j1, r0, r1) in blocks:
-            pr, g, dl = kept[i, j0:j1, r0:r1], go[i, j0:j1, r0:r1], delta[i, j0:j1, r0:r1]
-            whole = r0 == 0 and r1 == length  # the block holds every query row: no accumulation
-            if whole:  # dV^T = dO^T P reads P row-major (faster than P^T dO)
-                dv[i, j0:j1].copy_(torch.matmul(g.transpose(-1, -2), pr).transpose(-1, -2))
-            else:
-                dv[i, j0:j1].baddbmm_(pr.transpose(-1, -2), g)
-            if ds is None or ds.shape != pr.shape:
-                ds = torch.empty_like(pr)
-            # dS = P * (dP - delta): kept entries from the kept matrix, dropped ones (dP = 0)
-            # are -P * delta from the saved probabilities.
-            torch.matmul(g_aug[i, j0:j1, r0:r1], v_aug[i, j0:j1].transpose(-1, -2), out=ds)
-            ds.mul_(pr)
-            ds.view(-1).index_put_((idx,), pd * dl.reshape(-1)[idx // keys].neg())
-            torch.matmul(ds, k[i, j0:j1], out=dq[i, j0:j1, r0:r1])
-            if whole:
-                torch.matmul(ds.transpose(-1, -2), qs[i, j0:j1], out=dk[i, j0:j1])
-            else:
-                dk[i, j0:j1].baddbmm_(ds.transpose(-1, -2), qs[i, j0:j1, r0:r1])
-        # qs already carries dK's 1/sqrt(Dh); dQ gets it here.
-        return dq.mul_(scale), dk, dv, None, None, None
+        go = grad_out.contiguous()
+        # Flash backward with dO / (1 - p) and out = (1 - p) O: its rowsum(dO' * out) is the
+        # exact softmax-backward term rowsum(dO * O); only the dropped entries need fixing.
+        dq, dk, dv = _flash_backward(go * keep_scale, q, k, v, kept_out, lse, bias, scale)
+        cdt = pd.dtype
+        qn, kn, vn, gn = (_rows(t, cdt) for t in (q, k, v, go))
+        cq, ck, cv = np.zeros_like(qn), np.zeros_like(kn), np.zeros_like(vn)
+        flat_np = flat.numpy()
+        kind = qn.dtype.type
+        run_split(dropped_backward, b * h, qn, kn, vn, gn, flat_np,
+                  segments(flat_np, b * h, length * keys), pd.numpy() * kind(keep_scale),
+                  kind(scale), cq, ck, cv, threads=torch.get_num_threads())
+
+        def fix(g: torch.Tensor, c: np.ndarray, like: torch.Tensor) -> torch.Tensor:
+            return g.add_(torch.from_numpy(c).view(like.shape).to(g.dtype))
+
+        return fix(dq, cq, q), fix(dk, ck, k), fix(dv, cv, v), None, None, None
