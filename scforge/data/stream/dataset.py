@@ -101,6 +101,7 @@ class ShardStream(IterableDataset):
         self._epoch = 0
         self._consumed: list[int] = []
         self._num_workers = 1
+        self._pool: ShmPool | None = None
         self.transfer = 1
         """Batches per DataLoader message from a worker (set by StatefulLoader; 1 = plain)."""
         self.metrics: dict[str, float] = {k: 0 for k in _COUNTERS}
@@ -216,6 +217,9 @@ class ShardStream(IterableDataset):
                                      transfer=self.transfer, shared=True)
         for group in groups:  # become StreamBatch / StreamGroup when unpickled in the main process
             yield group if self.transfer > 1 else group.wires[0]
+        # This worker's part of the epoch is done. A persistent worker is only asked for more
+        # once the trainer received the whole epoch: it continues with the next one.
+        self._epoch, self._consumed = self._epoch + 1, []
 
     def iter_workers(self, num_workers: int = 1) -> Iterator[StreamBatch]:
         """The rest of the epoch in-process, in the order a DataLoader with ``num_workers``
@@ -265,7 +269,9 @@ class ShardStream(IterableDataset):
         seq, (lo, hi) = self._plan(worker, num_workers)
         reader = BlockReader(self.shards, verify=c.verify, on_error=c.on_error,
                              verified=frozenset(self.verified))
-        pool = ShmPool() if shared else None
+        if shared and self._pool is None:
+            self._pool = ShmPool()  # kept across epochs: its slots stay mapped on both sides
+        pool = self._pool if shared else None
         builder = WindowBuilder()
         index = 0
         try:

@@ -9,8 +9,14 @@ the unbroken run would have used next: the resumed stream is the unbroken one, b
 
 Workers start with ``forkserver`` by default: a training process that ran a Numba parallel
 (OpenMP) kernel cannot safely ``fork`` (it aborts), and forkserver children start from a clean
-server that has already imported torch, so startup stays cheap. Workers are created per epoch
-(``persistent_workers`` is off) because each epoch's plan is passed to them when they start.
+server that has already imported torch, so startup stays cheap.
+
+Workers persist across epochs: when an epoch was delivered in full, the next ``iter(loader)``
+reuses them (torch's ``persistent_workers``), and each worker's copy of the stream moves to the
+next epoch by itself, exactly as the trainer's copy does (the plan is a pure function of the
+epoch). Anything else (a break or an error mid-epoch, ``load_state_dict``, ``set_epoch``, a
+changed config) starts fresh workers from the trainer's copy of the stream. ``close()`` ends
+them; so does dropping the loader.
 """
 
 from __future__ import annotations
@@ -75,6 +81,9 @@ class StatefulLoader:
         self.transfer_batches = transfer_batches
         stream.transfer = transfer_batches
         self._it: Any = None
+        self._dl: DataLoader | None = None
+        self._dl_key: str | None = None
+        """What the persistent workers will produce next (epoch, layout, config)."""
 
     def __len__(self) -> int:
         """Batches per epoch (equal on every rank)."""
@@ -104,6 +113,51 @@ class StatefulLoader:
                                         "scforge.data.stream._warm"])
         return ctx
 
+    def _key(self) -> str:
+        s = self.stream
+        return repr((s.epoch, s.delivered, s.layout(self.num_workers), s.cfg, s.rank,
+                     s.world_size, self.prefetch_factor, self.pin_memory))
+
+    def close(self, *, terminate: bool = False) -> None:
+        """Ends the worker processes (the next epoch starts new ones); ``terminate``: at once,
+        without waiting for them to finish what they are doing."""
+        dl, it = self._dl, self._it
+        self._dl = self._dl_key = self._it = None
+        if it is not None and terminate:
+            _stop_workers(it)
+        if dl is not None:
+            it = getattr(dl, "_iterator", None)
+            dl._iterator = None
+            if it is not None:
+                shutdown = getattr(it, "_shutdown_workers", None)
+                if callable(shutdown):
+                    shutdown()
+        forget_mapped()
+
+    def __del__(self) -> None:
+        try:
+            if self._dl is not None:
+                self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown: nothing left to clean
+            pass
+
+    def _loader(self) -> DataLoader:
+        """The persistent DataLoader if its workers produce what comes next, else a new one."""
+        key = self._key()
+        if self._dl is not None and key == self._dl_key:
+            return self._dl
+        self.close()
+        # timeout=0 here: torch then polls every 5 s and notices dead workers (its SIGCHLD
+        # handler cannot: forkserver workers are not this process's children); with a
+        # positive timeout it would only look when that timeout expires. Stuck-but-alive
+        # workers are this class's watchdog's job.
+        self._dl = DataLoader(self.stream, batch_size=None, num_workers=self.num_workers,
+                              multiprocessing_context=self._context(),
+                              prefetch_factor=self.prefetch_factor, pin_memory=self.pin_memory,
+                              timeout=0, persistent_workers=True, in_order=True)
+        self._dl_key = key
+        return self._dl
+
     def __iter__(self) -> Iterator[StreamBatch]:
         stream = self.stream
         stream.transfer = self.transfer_batches
@@ -112,15 +166,9 @@ class StatefulLoader:
                                            else 1)
             return
         epoch = stream.epoch
+        loader = self._loader()  # before _begin: the key holds the position being resumed
         stream._begin(self.num_workers)
-        # timeout=0 here: torch then polls every 5 s and notices dead workers (its SIGCHLD
-        # handler cannot: forkserver workers are not this process's children); with a
-        # positive timeout it would only look when that timeout expires. Stuck-but-alive
-        # workers are this class's watchdog's job.
-        loader = DataLoader(stream, batch_size=None, num_workers=self.num_workers,
-                            multiprocessing_context=self._context(),
-                            prefetch_factor=self.prefetch_factor, pin_memory=self.pin_memory,
-                            timeout=0, persistent_workers=False, in_order=True)
+        self._dl_key = None  # workers are mid-epoch until it is delivered in full
         it = iter(loader)
         self._it = it
         watch = _Watchdog(it, self.timeout) if self.timeout > 0 else None
@@ -145,7 +193,7 @@ class StatefulLoader:
             fired = watch is not None and watch.fired
             dead = _dead_workers(it, wait=5.0 if isinstance(e, (EOFError, OSError)) and not fired
                                  else 0.0)
-            _stop_workers(it)
+            self.close(terminate=True)
             if fired:  # the watchdog killed them: whatever error followed is its consequence
                 raise RuntimeError(
                     f"DataLoader timed out: no batch from the {self.num_workers} loader workers "
@@ -160,9 +208,11 @@ class StatefulLoader:
         finally:
             if watch is not None:
                 watch.stop()
-            self._it = None
             del it
-            forget_mapped()
+            if stream.epoch == epoch + 1 and stream.delivered == 0 and self._dl is not None:
+                self._dl_key = self._key()  # delivered in full: the workers are at epoch + 1
+            else:
+                self.close()  # stopped early (break, error): next time, fresh workers
         if stream.epoch == epoch:
             raise RuntimeError(f"the DataLoader ended epoch {epoch} after {stream.delivered} of "
                                f"{stream.batches_per_epoch} batches; a worker stopped early")

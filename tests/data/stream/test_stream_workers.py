@@ -60,3 +60,33 @@ def test_trainer_time_between_batches_does_not_count_as_a_timeout(cb_shards):
         if n <= 2:
             time.sleep(3)  # a slow training step (longer than the timeout)
     assert n == len(loader)
+
+
+def test_workers_persist_across_full_epochs_and_restart_after_a_break(cb_shards):
+    """Reused workers continue with the next epoch exactly as fresh ones would."""
+    sim = ShardStream(cb_shards, cfg(batch_size=8))
+    sim.transfer = 1
+    want = [list(sim.iter_workers(2)) for _ in range(3)]
+    loader = _loader(cb_shards)
+    pids = []
+    got = []
+    for _ in range(2):
+        epoch = []
+        for batch in loader:
+            epoch.append(batch)
+            pids.append(tuple(loader.worker_pids))
+        got.append(epoch)
+    assert len(set(pids)) == 1 and len(pids[0]) == 2  # the same two processes both epochs
+    assert_same(got[0], want[0])
+    assert_same(got[1], want[1])
+    head = []
+    for batch in loader:  # epoch 2: stop early, then continue: fresh workers, nothing lost
+        head.append(batch)
+        if len(head) == 3:
+            break
+    assert loader.worker_pids == []
+    rest = list(loader)
+    assert not set(loader.worker_pids) & set(pids[0])
+    assert_same(head + rest, want[2])
+    loader.close()
+    assert loader.worker_pids == []
