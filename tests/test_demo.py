@@ -41,7 +41,7 @@ def _check_report(out, *, scib: bool) -> dict:
 
 
 def test_demo_cli_no_scib(tmp_path):
-    """The CLI path with the cheap stages only (no scib, no UMAP)."""
+    """The CLI path with the cheap stages only (no scib, no UMAP), in-training probe on."""
     from scforge.cli import main
 
     out = tmp_path / "demo"
@@ -49,7 +49,15 @@ def test_demo_cli_no_scib(tmp_path):
                  "--eval-cells", "400", "--no-scib", "--no-umap", "--no-progress"])
     assert code == 0
     rep = _check_report(out, scib=False)
-    assert rep["config"]["steps"] == 4 and len(rep["figures"]) == 1  # the loss curve only
+    assert rep["config"]["steps"] == 4
+    assert [os.path.basename(f) for f in rep["figures"]] == ["loss_curve.png", "probe_curve.png"]
+    # the trainer's eval callback probed the live encoder after every step (4 // 5 -> 1)
+    curve = rep["probe_during_training"]
+    assert [r["step"] for r in curve] == [1, 2, 3, 4]
+    assert all(0.0 <= r["accuracy"] <= 1.0 and r["seconds"] > 0 for r in curve)
+    md = (out / "report.md").read_text()
+    assert "## Linear probe during pretraining" in md and "probe_curve.png" in md
+    assert f"| 4 | {curve[-1]['accuracy']:.3f} |" in md
 
 
 def test_demo_rejects_bad_strategy(tmp_path):
@@ -69,4 +77,5 @@ def test_demo_quick_full_report(tmp_path):
     assert md == out / "report.md"
     rep = _check_report(out, scib=True)
     names = {os.path.basename(f) for f in rep["figures"]}
-    assert names == {"loss_curve.png", "umap.png", "scib_scores.png"}
+    assert names == {"loss_curve.png", "probe_curve.png", "umap.png", "scib_scores.png"}
+    assert [r["step"] for r in rep["probe_during_training"]] == [2, 4, 6, 8, 10]  # 10 // 5

@@ -6,12 +6,14 @@ Stages (each timed; a report ties them together):
    rows shuffled with a fixed seed so every shard mixes both batches -> ``data/pbmc_demo.h5ad``;
 2. **shard**: ``scforge-shard`` with the chosen tokenizer recipe -> ``shards_<recipe>/``;
 3. **pretrain**: the ``debug`` encoder through the real DeepSpeed trainer -> ``run/``
-   (``metrics.jsonl``, checkpoints, ``export/``);
+   (``metrics.jsonl``, checkpoints, ``export/``), with the in-training evaluation callback
+   (``eval.every``) scoring a linear probe on the live model every ``eval_every`` steps;
 4. **evaluate**: embed every cell with the export, then the harness's ``linear_probe``
    (train on pbmc3k, test on pbmc8k) and scib-metrics ``embedding_quality``, each next to the
    HVG + PCA baseline computed in the same run -> ``eval/``;
 5. **report**: ``report.md`` + ``report.json`` (metrics table model vs baseline, UMAPs by cell
-   type and batch, loss curve, throughput) in the output directory.
+   type and batch, loss curve, probe score over pretraining steps, throughput) in the output
+   directory.
 """
 
 from __future__ import annotations
@@ -46,6 +48,11 @@ class DemoConfig:
     lr: float = 2e-3
     eval_cells: int = 0
     """Subsample of cells to evaluate (0 = all 3,638)."""
+    eval_every: int = -1
+    """In-training linear probe (stratified split) every N pretraining steps and after the
+    last: -1 = ``max(1, steps // 5)`` (five checks), 0 = off."""
+    eval_train_cells: int = 1000
+    """Cells the in-training probe embeds each time (seeded subsample; ``eval_cells`` caps it)."""
     scib: bool = True
     """Run scib-metrics (needs the ``eval`` extra; skipped with a note when it is absent)."""
     umap: bool = True
@@ -108,8 +115,17 @@ def shard(data: Path, out: Path, strategy: str, max_len: int) -> Path:
     return out
 
 
-def pretrain(shards: Path, out: Path, cfg: DemoConfig) -> Any:
-    """The debug encoder through :func:`scforge.training.trainer.train`; returns its result."""
+def eval_every(cfg: DemoConfig) -> int:
+    """Steps between in-training probes (0 = none)."""
+    return max(1, cfg.steps // 5) if cfg.eval_every < 0 else cfg.eval_every
+
+
+def pretrain(shards: Path, out: Path, cfg: DemoConfig, data: Path | None = None) -> Any:
+    """The debug encoder through :func:`scforge.training.trainer.train`; returns its result.
+
+    With ``data`` (the labelled demo h5ad) and :func:`eval_every` > 0, the trainer's eval
+    callback probes the live model's embeddings (``kind: eval`` records in metrics.jsonl).
+    """
     from scforge.training import load_train_config
     from scforge.training.trainer import train
 
@@ -123,6 +139,11 @@ def pretrain(shards: Path, out: Path, cfg: DemoConfig) -> Any:
             "data.stream.max_len": cfg.max_len, "model.max_len": cfg.max_len,
             "model.preset": "debug", "optim.lr": cfg.lr,
             "optim.warmup_steps": max(1, cfg.steps // 20)}
+    every = eval_every(cfg)
+    if every and data is not None:
+        cells = min(cfg.eval_train_cells, cfg.eval_cells or cfg.eval_train_cells)
+        over.update({"eval.every": every, "eval.data": data, "eval.tasks": "[linear_probe]",
+                     "eval.max_cells": cells, "eval.seed": cfg.seed})
     tcfg = load_train_config([recipe] if recipe.is_file() else [],
                              [f"{k}={v}" for k, v in over.items()])
     return train(tcfg)
@@ -164,6 +185,34 @@ def read_metrics(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]
     recs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     return ([r for r in recs if r.get("kind") == "train"],
             [r for r in recs if r.get("kind") == "val"])
+
+
+def read_evals(path: Path) -> list[dict[str, Any]]:
+    """The in-training probe records (``kind: eval``) of a run's ``metrics.jsonl``."""
+    recs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in recs if r.get("kind") == "eval"
+            and "eval/linear_probe/accuracy" in r]
+
+
+def plot_probe(evals: list[dict[str, Any]], path: Path) -> str:
+    """In-training probe accuracy and macro-F1 against the pretraining step."""
+    from scforge.eval.report import _plt
+
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    steps = [r["step"] for r in evals]
+    for key, label in (("accuracy", "probe accuracy"), ("macro_f1", "probe macro-F1")):
+        ax.plot(steps, [r.get(f"eval/linear_probe/{key}", math.nan) for r in evals], "o-",
+                label=label)
+    ax.set_xlabel("step")
+    ax.set_ylabel("score")
+    ax.set_ylim(0, 1)
+    ax.set_title("linear probe on the live encoder during pretraining", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return str(path)
 
 
 def plot_loss(train: list[dict[str, Any]], val: list[dict[str, Any]], path: Path) -> str:
@@ -222,10 +271,18 @@ def write_demo_report(out: Path, *, cfg: DemoConfig, dataset: dict[str, Any],
     train_recs, val_recs = read_metrics(run_dir / "metrics.jsonl")
     training = training_summary(train_recs, val_recs)
     loss_png = plot_loss(train_recs, val_recs, out / "loss_curve.png")
+    evals = read_evals(run_dir / "metrics.jsonl")
+    probe_png = [plot_probe(evals, out / "probe_curve.png")] if evals else []
+    probe_curve = [{"step": int(r["step"]),
+                    "accuracy": float(r["eval/linear_probe/accuracy"]),
+                    "macro_f1": float(r.get("eval/linear_probe/macro_f1", math.nan)),
+                    "seconds": float(r.get("eval_time_s", math.nan))} for r in evals]
     table = comparison_table(eval_dir)
     eval_rep = json.loads((eval_dir / "report.json").read_text())
-    figures = [loss_png] + [f for t in eval_rep["tasks"].values() for f in t.get("figures", [])]
+    figures = [loss_png, *probe_png] + [f for t in eval_rep["tasks"].values()
+                                        for f in t.get("figures", [])]
     payload = {"config": cfg.__dict__, "dataset": dataset, "training": training,
+               "probe_during_training": probe_curve,
                "comparison": table, "stages_s": stages, "figures": figures,
                "eval_report": str(eval_dir / "report.json"), "run_dir": str(run_dir)}
     (out / "report.json").write_text(json.dumps(payload, indent=1, default=str) + "\n")
@@ -253,8 +310,20 @@ def write_demo_report(out: Path, *, cfg: DemoConfig, dataset: dict[str, Any],
               f"- throughput: {training['cells_per_s']:.0f} cells/s, "
               f"{training['tokens_per_s']:.0f} tokens/s, {training['step_time_s'] * 1e3:.0f} ms "
               f"per step (padding {100 * training['pad_fraction']:.1f}%)",
-              "", "![loss curve](loss_curve.png)", "", "## Figures", ""]
-    lines += [f"![{Path(f).stem}]({Path(f).relative_to(out)})" for f in figures[1:]]
+              "", "![loss curve](loss_curve.png)", ""]
+    if probe_curve:
+        n = int(evals[-1].get("eval/linear_probe/n_train", 0)
+                + evals[-1].get("eval/linear_probe/n_test", 0))
+        lines += ["## Linear probe during pretraining", "",
+                  f"The trainer's eval callback (`eval.every={eval_every(cfg)}`) embeds {n} "
+                  "cells with the live encoder and fits a logistic-regression probe "
+                  "(stratified 80/20 split, both batches) after every check.", "",
+                  "| step | probe accuracy | probe macro-F1 | seconds |", "|---|---|---|---|"]
+        lines += [f"| {r['step']} | {r['accuracy']:.3f} | {r['macro_f1']:.3f} | "
+                  f"{r['seconds']:.1f} |" for r in probe_curve]
+        lines += ["", "![probe curve](probe_curve.png)", ""]
+    lines += ["## Figures", ""]
+    lines += [f"![{Path(f).stem}]({Path(f).relative_to(out)})" for f in figures[1 + len(probe_png):]]
     lines += ["", "## Time per stage", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.1f} |" for k, v in stages.items()]
     lines += ["", f"Full evaluation report: `{eval_dir.relative_to(out)}/report.md`; "
@@ -306,7 +375,7 @@ def run_demo(cfg: DemoConfig) -> Path:
 
     t = time.perf_counter()
     _say(f"pretraining the debug encoder for {cfg.steps} steps (DeepSpeed trainer) ...")
-    result = pretrain(shards, out / "run", cfg)
+    result = pretrain(shards, out / "run", cfg, data=data_path)
     if result.export_dir is None:
         raise RuntimeError("training finished without an export")
     stages["pretrain"] = time.perf_counter() - t
