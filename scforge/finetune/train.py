@@ -66,7 +66,10 @@ from scforge.finetune.model import (
     save_finetuned,
     unit_params,
 )
+from scforge.training.callbacks import forked_rng
 from scforge.training.config import EarlyStoppingConfig, WandbConfig
+from scforge.training.export import load_full_state
+from scforge.training.trainer import Trainer
 
 __all__ = ["FinetuneConfig", "FinetuneTrainer", "LoRAConfig", "build_trainer", "filter_cells",
            "finetune", "finetune_main", "param_groups", "predict", "predict_main",
@@ -245,62 +248,45 @@ def predict_cells(model: FinetuneModel, cells: TokenizedCells, *, batch_size: in
 
 
 # ---------------------------------------------------------------------------- the trainer
-def _trainer_class() -> type:
-    """:class:`FinetuneTrainer`, defined on first use: the trainer module imports DeepSpeed,
-    which must not happen before ``DS_ACCELERATOR`` is settled."""
-    global FinetuneTrainer
-    if FinetuneTrainer is not None:
-        return FinetuneTrainer
-    from scforge.training.callbacks import forked_rng
-    from scforge.training.export import load_full_state
-    from scforge.training.trainer import Trainer
+class FinetuneTrainer(Trainer):
+    """The pretraining trainer on a :class:`FinetuneTask`, exporting a fine-tuned model.
 
-    class _FinetuneTrainer(Trainer):
-        """The pretraining trainer on a :class:`FinetuneTask`, exporting a fine-tuned model.
+    Args:
+        cfg: the training config :func:`build_trainer` derives from a FinetuneConfig.
+        build: returns a fresh task (same modules, adapters and requires_grad); called once for
+            the engine and once on rank 0 for the export.
+        meta: ``finetune.json`` content (everything but the history).
+        steps_per_epoch: optimizer steps per epoch (for the per-epoch history).
+        world: process layout; callbacks: extra step callbacks.
+    """
 
-        Args:
-            cfg: the training config :func:`build_trainer` derives from a FinetuneConfig.
-            build: returns a fresh task (same modules, adapters and requires_grad); called
-                once for the engine and once on rank 0 for the export.
-            meta: ``finetune.json`` content (everything but the history).
-            steps_per_epoch: optimizer steps per epoch (for the per-epoch history).
-            world: process layout; callbacks: extra step callbacks.
-        """
+    def __init__(self, cfg: Any, *, build: Callable[[], FinetuneTask], meta: dict[str, Any],
+                 steps_per_epoch: float, world: Any = None,
+                 callbacks: list[Any] | None = None) -> None:
+        self._build = build
+        self.meta = meta
+        self.steps_per_epoch = steps_per_epoch
+        super().__init__(cfg, world=world, callbacks=callbacks)
 
-        def __init__(self, cfg: Any, *, build: Callable[[], FinetuneTask], meta: dict[str, Any],
-                     steps_per_epoch: float, world: Any = None,
-                     callbacks: list[Any] | None = None) -> None:
-            self._build = build
-            self.meta = meta
-            self.steps_per_epoch = steps_per_epoch
-            super().__init__(cfg, world=world, callbacks=callbacks)
+    def build_model(self) -> torch.nn.Module:
+        return self._build()
 
-        def build_model(self) -> torch.nn.Module:
-            return self._build()
+    def write_export(self, out: Path, state: dict[str, torch.Tensor]) -> None:
+        """Loads the consolidated weights into a fresh CPU task, merges LoRA, saves."""
+        with forked_rng():
+            task = self._build()
+        load_full_state(task, state)
+        merge_lora(task.net)
+        meta = {**self.meta, "history": self.history()}
+        save_finetuned(task.net, out, meta, manifest=self.manifest,
+                       extra={"step": self.step, "train_config": dataclasses.asdict(self.cfg)})
 
-        def write_export(self, out: Path, state: dict[str, torch.Tensor]) -> None:
-            with forked_rng():
-                task = self._build()
-            load_full_state(task, state)
-            merge_lora(task.net)
-            meta = {**self.meta, "history": self.history()}
-            save_finetuned(task.net, out, meta, manifest=self.manifest,
-                           extra={"step": self.step,
-                                  "train_config": dataclasses.asdict(self.cfg)})
-
-        def history(self) -> list[dict[str, Any]]:
-            """Per-epoch records from metrics.jsonl (rank 0): mean train loss, validation
-            metric, unfrozen encoder groups and trainable parameters in that epoch."""
-            return epoch_history(self.out_dir / "metrics.jsonl", self.engine.module,
-                                 self.steps_per_epoch, self.meta["config"]["epochs"],
-                                 self.meta["task"])
-
-    FinetuneTrainer = _FinetuneTrainer
-    return FinetuneTrainer
-
-
-FinetuneTrainer: Any = None
-"""The fine-tuning :class:`~scforge.training.trainer.Trainer` subclass (built lazily)."""
+    def history(self) -> list[dict[str, Any]]:
+        """Per-epoch records from metrics.jsonl (rank 0): mean train loss, validation metric,
+        unfrozen encoder groups and trainable parameters in that epoch."""
+        return epoch_history(self.out_dir / "metrics.jsonl", self.engine.module,
+                             self.steps_per_epoch, self.meta["config"]["epochs"],
+                             self.meta["task"])
 
 
 def _numel(p: torch.nn.Parameter) -> int:
@@ -382,7 +368,7 @@ def _labelled_cells(cfg: FinetuneConfig, adata: Any | None) -> Any:
 
 
 def build_trainer(cfg: FinetuneConfig, adata: Any | None = None, *,
-                  callbacks: list[Any] | None = None) -> Any:
+                  callbacks: list[Any] | None = None) -> FinetuneTrainer:
     """Prepares the data (rank 0) and builds the :class:`FinetuneTrainer` of ``cfg``.
 
     Args:
@@ -446,8 +432,8 @@ def build_trainer(cfg: FinetuneConfig, adata: Any | None = None, *,
             "n_val": data.n_val, "config": dataclasses.asdict(cfg)}
     tcfg = _train_config(cfg, info, data, max_len=max_len, max_steps=max_steps,
                          steps_per_epoch=steps_per_epoch)
-    return _trainer_class()(tcfg, build=build, meta=meta, steps_per_epoch=steps_per_epoch,
-                            world=world, callbacks=callbacks)
+    return FinetuneTrainer(tcfg, build=build, meta=meta, steps_per_epoch=steps_per_epoch,
+                           world=world, callbacks=callbacks)
 
 
 def finetune(cfg: FinetuneConfig, adata: Any | None = None, *,
