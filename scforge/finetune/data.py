@@ -18,6 +18,7 @@ import dataclasses
 import hashlib
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -188,7 +189,8 @@ def _write_part(adata: Any, info: dict[str, Any], out: Path, *, label_key: str,
 
 def prepare_shards(adata: Any, info: dict[str, Any], root: Path, *, task: str, label_key: str,
                    layer: str = "X", val_fraction: float, seed: int,
-                   cells_per_shard: int = 4096) -> LabelledData:
+                   cells_per_shard: int = 4096,
+                   before_rebuild: Callable[[], None] | None = None) -> LabelledData:
     """Splits labelled cells (seeded), shards both parts like the checkpoint, records labels.
 
     Args:
@@ -201,6 +203,8 @@ def prepare_shards(adata: Any, info: dict[str, Any], root: Path, *, task: str, l
         val_fraction: share of cells held out for validation (0 = none).
         seed: seeds the split.
         cells_per_shard: cells per shard file.
+        before_rebuild: called before shards of other inputs under ``root`` are deleted (it may
+            raise to refuse, e.g. when checkpoints of the old data would be resumed).
 
     Raises:
         ValueError: a missing label column, bad labels, too few cells, or a tokenization that
@@ -223,6 +227,8 @@ def prepare_shards(adata: Any, info: dict[str, Any], root: Path, *, task: str, l
         if meta.get("fingerprint") == fp and (root / "train" / "manifest.json").is_file():
             return _labelled(root, meta)
     if root.exists():
+        if before_rebuild is not None:
+            before_rebuild()
         shutil.rmtree(root)  # other cells or settings: these shards would be wrong
     perm = np.random.default_rng(seed).permutation(adata.n_obs)
     val_idx, train_idx = np.sort(perm[:n_val]), np.sort(perm[n_val:])

@@ -193,7 +193,7 @@ def finetuned_dir(path: str | Path) -> Path:
         FileNotFoundError: neither holds a ``finetune.json``.
     """
     path = Path(path)
-    for cand in (path, path / "export"):
+    for cand in (path / "export", path):  # a run directory's export wins over stale files
         if (cand / CONFIG).is_file():
             return cand
     raise FileNotFoundError(f"{path / CONFIG} does not exist; pass a directory written by "

@@ -381,7 +381,8 @@ def build_trainer(cfg: FinetuneConfig, adata: Any | None = None, *,
     """
     from scforge.config.loader import ConfigError, to_yaml
     from scforge.data.stream.ordering import batches_per_rank
-    from scforge.training.distributed import barrier, init_process_group
+    from scforge.training import checkpoint as ckpt
+    from scforge.training.distributed import barrier, broadcast_json, init_process_group
     from scforge.training.export import load_pretrained, read_pretrained_info
 
     cfg.validate()
@@ -393,11 +394,28 @@ def build_trainer(cfg: FinetuneConfig, adata: Any | None = None, *,
         raise ConfigError(f"device={cfg.device!r} but this process trains on "
                           f"{world.device.type}; set device=auto")
     root = Path(cfg.out_dir) / "data"
-    if world.is_main:
-        adata = _labelled_cells(cfg, adata)
-        data = prepare_shards(adata, info, root, task=cfg.task, label_key=cfg.label_key,
-                              layer=cfg.layer, val_fraction=cfg.val_fraction, seed=cfg.seed)
-        (Path(cfg.out_dir) / "finetune.yaml").write_text(to_yaml(cfg))
+
+    def refuse_stale_checkpoints() -> None:
+        if cfg.resume != "none" and ckpt.complete_checkpoints(Path(cfg.out_dir) / ckpt.CHECKPOINTS):
+            raise ConfigError(f"out_dir={cfg.out_dir!r} holds checkpoints of a fine-tuning run "
+                              "on other cells or data settings; use another out_dir, or "
+                              "resume=none to start over (old checkpoints are set aside)")
+
+    error = None
+    if world.is_main:  # the other ranks wait, then read what rank 0 wrote (or its error)
+        try:
+            data = prepare_shards(_labelled_cells(cfg, adata), info, root, task=cfg.task,
+                                  label_key=cfg.label_key, layer=cfg.layer,
+                                  val_fraction=cfg.val_fraction, seed=cfg.seed,
+                                  before_rebuild=refuse_stale_checkpoints)
+            (Path(cfg.out_dir) / "finetune.yaml").write_text(to_yaml(cfg))
+        except (ValueError, FileNotFoundError) as e:
+            error = [type(e).__name__, str(e)]
+    error = broadcast_json(error, world.device)
+    if error:
+        kind, msg = error
+        raise (FileNotFoundError if kind == "FileNotFoundError" else
+               ConfigError if kind == "ConfigError" else ValueError)(msg)
     barrier()
     data = read_labelled(root)
     batches = batches_per_rank(data.n_train, world.world_size, cfg.batch_size, "pad")

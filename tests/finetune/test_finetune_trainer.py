@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from scforge.config.loader import ConfigError
 from scforge.finetune import FinetuneConfig, build_trainer, finetune, load_finetuned, predict
 from scforge.training import checkpoint as ckpt
 from scforge.training.export import load_pretrained
@@ -94,6 +95,17 @@ def test_checkpoints_and_resume_auto_equal_the_unbroken_run(debug_export, cells,
         assert (run / "ds_config.json").is_file() and (run / "config.yaml").is_file()
     model, meta = load_finetuned(broken)
     assert meta["history"] == whole["history"] and meta["n_train"] == 72
+    # other cells into a directory whose checkpoints resume=auto would pick up: refused
+    with pytest.raises(ConfigError, match="holds checkpoints"):
+        finetune(_cfg(debug_export, broken, **kw), cells[:80].copy())
+    assert (broken / "data" / "train" / "manifest.json").is_file()  # nothing was deleted
+
+
+def test_bad_labels_fail_with_one_line(debug_export, cells, tmp_path):
+    with pytest.raises(ValueError, match="label_key='nope' is not an obs column"):
+        finetune(_cfg(debug_export, tmp_path / "a", label_key="nope"), cells)
+    with pytest.raises(ValueError, match="numeric label_key"):
+        finetune(_cfg(debug_export, tmp_path / "b", task="regression"), cells)
 
 
 @pytest.mark.parametrize("stage", [0, 2])
