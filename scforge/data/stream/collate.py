@@ -174,7 +174,7 @@ class Collator:
                       "truncated_cells": n_cut, "filled_cells": int(table.filled[idx].sum())}
         return Wire(arena.buffer, layout, lens.tolist(),
                     {f: col[idx].tolist() for f, col in table.obs.items()},
-                    table.cell_ids[idx].tolist(), info, pooled=arena.pooled)
+                    table.cell_ids[idx].tolist(), info, pooled=arena.pooled, ring=arena.ring)
 
     def __call__(self, table: CellTable, idx: np.ndarray, epoch: int) -> StreamBatch:
         """The finished batch of cells ``idx`` of ``table`` (in-process use)."""

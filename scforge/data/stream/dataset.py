@@ -29,7 +29,15 @@ from scforge.data.stream.masking import Specials, get_masking
 from scforge.data.stream.source import BlockReader, ShardSet
 from scforge.data.stream.state import ResumeError, check_state, make_state
 from scforge.data.stream.table import CellTable, WindowBuilder
-from scforge.data.stream.wire import Arena, BatchInfo, ShmPool, StreamBatch, Wire, WireGroup
+from scforge.data.stream.wire import (
+    Arena,
+    BatchInfo,
+    Ring,
+    ShmPool,
+    StreamBatch,
+    Wire,
+    WireGroup,
+)
 
 _COUNTERS = ("cells", "batches", "real_tokens", "padded_tokens", "masked_tokens",
              "truncated_cells", "filled_cells", "skipped_shards")
@@ -102,6 +110,9 @@ class ShardStream(IterableDataset):
         self._consumed: list[int] = []
         self._num_workers = 1
         self._pool: ShmPool | None = None
+        self.ring: Ring | None = None
+        """Shared-memory slots of the trainer's process for worker batches (set by
+        StatefulLoader before workers start; None: workers use their own segments)."""
         self.transfer = 1
         """Batches per DataLoader message from a worker (set by StatefulLoader; 1 = plain)."""
         self.metrics: dict[str, float] = {k: 0 for k in _COUNTERS}
@@ -269,8 +280,10 @@ class ShardStream(IterableDataset):
         seq, (lo, hi) = self._plan(worker, num_workers)
         reader = BlockReader(self.shards, verify=c.verify, on_error=c.on_error,
                              verified=frozenset(self.verified))
-        if shared and self._pool is None:
-            self._pool = ShmPool()  # kept across epochs: its slots stay mapped on both sides
+        if shared and self._pool is None:  # kept across epochs: slots stay mapped on both sides
+            info = get_worker_info()
+            ring = self.ring.part(info.id) if self.ring is not None and info is not None else None
+            self._pool = ShmPool(ring=ring)
         pool = self._pool if shared else None
         builder = WindowBuilder()
         index = 0
@@ -300,7 +313,7 @@ class ShardStream(IterableDataset):
                                                            verified=reader.take_verified()),
                                                  keys=keys[idx])
                              for k, idx in todo]
-                    yield WireGroup(arena.buffer, wires, pooled=arena.pooled)
+                    yield WireGroup(arena.buffer, wires, pooled=arena.pooled, ring=arena.ring)
                 index += n_batches
         finally:
             reader.close()

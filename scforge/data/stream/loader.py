@@ -30,7 +30,7 @@ from typing import Any
 from torch.utils.data import DataLoader
 
 from scforge.data.stream.dataset import ShardStream
-from scforge.data.stream.wire import StreamBatch, StreamGroup, forget_mapped
+from scforge.data.stream.wire import Arena, Ring, StreamBatch, StreamGroup, forget_mapped
 
 
 class StatefulLoader:
@@ -82,6 +82,7 @@ class StatefulLoader:
         stream.transfer = transfer_batches
         self._it: Any = None
         self._dl: DataLoader | None = None
+        self._ring: Ring | None = None
         self._dl_key: str | None = None
         """What the persistent workers will produce next (epoch, layout, config)."""
 
@@ -123,6 +124,9 @@ class StatefulLoader:
         without waiting for them to finish what they are doing."""
         dl, it = self._dl, self._it
         self._dl = self._dl_key = self._it = None
+        if self._ring is not None:
+            self._ring.close()
+            self._ring = self.stream.ring = None
         if it is not None and terminate:
             _stop_workers(it)
         if dl is not None:
@@ -147,6 +151,13 @@ class StatefulLoader:
         if self._dl is not None and key == self._dl_key:
             return self._dl
         self.close()
+        stream = self.stream
+        fields = stream.collator.fields(stream.shards.value_dtype is not None)
+        group = self.transfer_batches * sum(
+            Arena.size((stream.cfg.batch_size, stream.max_len), dt) for _, dt in fields)
+        # A slot per message in flight (prefetch_factor per worker), one the trainer is reading
+        # and one it may still hold; beyond that a worker uses its own segments.
+        self._ring = stream.ring = Ring(self.num_workers, self.prefetch_factor + 2, group)
         # timeout=0 here: torch then polls every 5 s and notices dead workers (its SIGCHLD
         # handler cannot: forkserver workers are not this process's children); with a
         # positive timeout it would only look when that timeout expires. Stuck-but-alive
