@@ -39,3 +39,29 @@ def test_rejects_object_dtype_and_corruption():
         decode_block(bytes(blob))
     with pytest.raises(ShardFormatError):
         decode_block(b"not a block")
+
+
+@pytest.mark.parametrize("dtype", ["uint16", "uint32", "int64", "float16", "float32"])
+def test_unshuffle_kernel_matches_its_reference(dtype):
+    from scforge.kernels.unshuffle import unshuffle, unshuffle_reference
+
+    rng = np.random.default_rng(1)
+    for n in (0, 1, 7, 4099):
+        planes = rng.integers(0, 256, n * np.dtype(dtype).itemsize).astype(np.uint8)
+        out, peak = unshuffle(planes, dtype)
+        ref = unshuffle_reference(planes, dtype)
+        assert out.dtype == ref.dtype and out.tobytes() == ref.tobytes()
+        if n and np.dtype(dtype).kind == "u":
+            assert peak == int(ref.max())
+
+
+def test_decode_into_reused_buffer_and_range_check():
+    from scforge.data.shard.format import open_block
+
+    tokens = np.arange(3000, dtype=np.uint16)[::-1].copy()
+    raw = open_block(encode_block({"tokens": tokens}, {"cell_id": ["c"]}))
+    buf = np.full(3000, 7, dtype=np.uint16)
+    out, peak = raw.array("tokens", buf)
+    assert out is buf and np.array_equal(buf, tokens) and peak == 2999
+    with pytest.raises(ValueError, match="need 3000"):
+        raw.array("tokens", np.empty(10, dtype=np.uint16))

@@ -90,3 +90,21 @@ def test_workers_persist_across_full_epochs_and_restart_after_a_break(cb_shards)
     assert_same(head + rest, want[2])
     loader.close()
     assert loader.worker_pids == []
+
+
+def test_ring_slots_are_never_reused_while_the_trainer_holds_a_batch(cb_shards):
+    """Batches kept for two epochs (far more than the ring holds) stay intact."""
+    import scforge.data.stream.wire as wire
+
+    sim = ShardStream(cb_shards, cfg(batch_size=8))
+    sim.transfer = 2
+    want = list(sim.iter_workers(2)) + list(sim.iter_workers(2))
+    loader = StatefulLoader(ShardStream(cb_shards, cfg(batch_size=8)), num_workers=2,
+                            prefetch_factor=2, transfer_batches=2)
+    kept = list(loader)
+    ring = loader._ring
+    assert ring is not None and ring.key in wire._RINGS
+    kept += list(loader)
+    assert_same(kept, want)  # compared after both epochs: an overwritten slot would show
+    loader.close()
+    assert ring.key not in wire._RINGS
