@@ -275,6 +275,12 @@ class FinetuneTrainer(Trainer):
         """Loads the consolidated weights into a fresh CPU task, merges LoRA, saves."""
         with forked_rng():
             task = self._build()
+        # Frozen weights (not in the optimizer) never change; DeepSpeed's zero_to_fp32 leaves
+        # some of them out of its consolidation (e.g. ZeRO-1 bf16), so they come from the
+        # pretrained export. A trainable weight missing still fails in load_full_state.
+        trainable = {n for n, p in task.named_parameters() if p.requires_grad}
+        state = {**{k: v for k, v in task.state_dict().items()
+                    if k not in state and k not in trainable}, **state}
         load_full_state(task, state)
         merge_lora(task.net)
         meta = {**self.meta, "history": self.history()}

@@ -10,6 +10,11 @@ Exact resume (CPU fp32: bit-identical losses) rests on three things: the loader 
 every RNG state are in the checkpoint; the loader's DataLoader draws its worker seed from torch's
 global RNG, so every fetch runs under a saved/restored CPU RNG state (the model's dropout stream
 never sees the loader); validation runs under a forked RNG too.
+
+Subclasses may train another module through the same loop: :meth:`Trainer.build_model` returns
+it (``forward(batch) -> ModelOutput``, optionally ``param_groups(weight_decay)`` for per-group
+learning-rate factors and start steps) and :meth:`Trainer.write_export` writes its export.
+Fine-tuning (:class:`scforge.finetune.train.FinetuneTrainer`) does both.
 """
 
 from __future__ import annotations

@@ -150,12 +150,13 @@ def test_layerwise_lrs_and_unfreezing_on_the_engine(debug_export, cells, tmp_pat
         assert torch.equal(rec.seen[step][embed], init[embed])
 
 
-@pytest.mark.parametrize("stage", [2, 3])
-def test_zero_lora_finetune_exports_merged_model(debug_export, cells, tmp_path, stage):
-    """ZeRO-2/3 in one process with LoRA: only adapters and head require grad inside the
+@pytest.mark.parametrize(("stage", "precision"), [(2, "fp32"), (3, "fp32"), (1, "bf16")])
+def test_zero_lora_finetune_exports_merged_model(debug_export, cells, tmp_path, stage,
+                                                 precision):
+    """ZeRO-1/2/3 in one process with LoRA: only adapters and head require grad inside the
     engine; the export (consolidated from the ZeRO checkpoint, frozen weights included) has
     the adapters merged, keeps every non-adapted encoder weight, and predicts."""
-    cfg = _cfg(debug_export, tmp_path / "run", zero_stage=stage, epochs=1)
+    cfg = _cfg(debug_export, tmp_path / "run", zero_stage=stage, epochs=1, precision=precision)
     cfg.lora.enabled, cfg.lora.backend = True, "builtin"
     trainer = build_trainer(cfg, cells)
     grads = {n for n, p in trainer.engine.module.named_parameters() if p.requires_grad}
