@@ -75,6 +75,9 @@ def encode_block(
     ).compress(body)
 
 
+_JSON = json.JSONDecoder()
+
+
 class RawBlock:
     """A decompressed block with its header parsed; arrays are decoded on request.
 
@@ -90,8 +93,8 @@ class RawBlock:
         if len(body) < 8 or bytes(body[:4]) != MAGIC:
             raise ShardFormatError("block has no scforge magic header")
         (hlen,) = struct.unpack("<I", body[4:8])
-        try:
-            header = json.loads(bytes(body[8 : 8 + hlen]))
+        try:  # raw_decode: json.loads would also scan the (long) header for whitespace
+            header = _JSON.raw_decode(bytes(body[8 : 8 + hlen]).decode().rstrip(" "))[0]
         except ValueError as e:
             raise ShardFormatError(f"block header is not JSON ({e})") from None
         if not isinstance(header, dict) or header.get("v") != FORMAT_VERSION:

@@ -79,13 +79,19 @@ class Collator:
         """Use the fused kernel when the strategy allows (False: NumPy reference path)."""
         self._kernel = masking.kernel_params()
         self._is_special = specials.is_special_table()
+        self._fields: tuple[Any, list[tuple[str, str]]] | None = None
 
     def fields(self, has_values: bool) -> list[tuple[str, str]]:
         """``(field, dtype)`` of every [B, L] array a batch carries (the contract's dtypes)."""
+        key = (has_values, self.masking)
+        if self._fields is not None and self._fields[0] == key:
+            return self._fields[1]
         out = [("input_ids", "int64"), ("attention_mask", "bool")]
         if has_values:
             out.append(("values", "float32"))
-        return out + [(n, "int64" if d == "ids" else d) for n, d in self.masking.outputs]
+        out += [(n, "int64" if d == "ids" else d) for n, d in self.masking.outputs]
+        self._fields = (key, out)
+        return out
 
     def nbytes(self, table: CellTable, idx: np.ndarray) -> int:
         """Arena bytes the batch of cells ``idx`` needs."""
