@@ -109,7 +109,8 @@ class FinetuneConfig:
     max_cells: int = 0
     val_fraction: float = 0.1
     """Seeded share of the cells held out and scored after every epoch (``val_acc`` /
-    ``val_rmse`` in metrics.jsonl); 0 = no validation."""
+    ``val_rmse`` in metrics.jsonl: the trainer's validation, a mean over validation batches);
+    0 = no validation."""
     epochs: int = 4
     batch_size: int = 32
     """Cells per micro-batch per rank."""
