@@ -36,6 +36,7 @@ import datetime as dt
 import json
 import os
 import resource
+import subprocess
 import sys
 import tempfile
 import threading
@@ -55,6 +56,8 @@ REPO = Path(__file__).resolve().parents[1]
 PBMC = REPO / ".." / "shared" / "data" / "pbmc_2batch.h5ad"
 DEPS = REPO / "benchmarks" / "data" / "pydeps"
 """Throwaway ``pip install --no-deps --target`` directory for baseline loaders (scdataset)."""
+BIG = REPO / "benchmarks" / "data" / "synthetic_1000000x20000_nnz1500_seed0.h5ad"
+"""The headline 1M-cell corpus (``scforge.testing.corpus``), used by default when present."""
 BATCH, MAX_LEN = 64, 2048
 
 
@@ -348,6 +351,8 @@ def markdown(payload: dict) -> str:
     for k, v in payload.get("cpu_bound", {}).items():
         lines.append(f"- {k}: {v:,} cells/s")
     lines += ["", "Targets in the issue: >= 100k cells/s with 2 workers; >= 10x (a); ahead of (b)."]
+    if "ab" in payload:
+        lines += _ab_markdown(payload["ab"])
     return "\n".join(lines) + "\n"
 
 
@@ -372,6 +377,91 @@ def _corpus_shards(corpus: Path, tmp: Path, payload: dict) -> Path:
     return cache
 
 
+def _ab_one(code: Path, shards: Path, workers: int, epochs: int, limit: int | None) -> dict:
+    """``run_scforge`` of the source tree ``code`` in a fresh interpreter (its own forkserver)."""
+    script = ("import json; from pathlib import Path; "
+              "from benchmarks.bench_loader import run_scforge, _start_forkserver; "
+              f"s = Path({str(shards)!r}); _start_forkserver(s); "
+              f"print('@@' + json.dumps(run_scforge(s, {workers}, {epochs}, {limit!r})))")
+    load0 = os.getloadavg()[0]
+    res = subprocess.run([sys.executable, "-c", script], cwd=code, capture_output=True,
+                         text=True, env={**os.environ, "PYTHONPATH": str(code)}, timeout=1200,
+                         check=False)
+    lines = [ln for ln in res.stdout.splitlines() if ln.startswith("@@")]
+    if res.returncode != 0 or not lines:
+        return {"workers": workers, "error": f"exit {res.returncode}: {res.stderr[-300:]}"}
+    out = json.loads(lines[-1][2:])
+    out.update(load_start=round(load0, 2), load_end=round(os.getloadavg()[0], 2))
+    return out
+
+
+def run_ab(before: Path, inputs: list[tuple[str, Path, int, int | None]], rounds: int) -> dict:
+    """Interleaved A/B: the source tree ``before`` (another revision, e.g. ``git archive REV |
+    tar -x -C DIR``) against this one, on the same shards, alternating run by run."""
+    runs: list[dict] = []
+    for rnd in range(rounds):
+        for name, shards, epochs, limit in inputs:
+            for workers in (0, 2) if limit is None else (2,):
+                for label, code in (("before", before), ("after", REPO)):
+                    r = _ab_one(code, shards, workers, epochs, limit)
+                    r.update(round=rnd + 1, code=label, input=name)
+                    runs.append(r)
+                    print(json.dumps(r), file=sys.stderr, flush=True)
+    return {"before": str(before), "rounds": rounds, "runs": runs}
+
+
+def _ab_markdown(ab: dict) -> list[str]:
+    lines = ["", f"## Before/after, same run (interleaved, fresh interpreter per run, {ab['rounds']}"
+             f" rounds; before = {ab.get('before_rev', ab['before'])})", "",
+             "| input | workers | code | round | cells/s | steady cells/s | main CPU us/cell | "
+             "worker CPU us/cell | total CPU us/cell | 1-min load start-end |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---:|---|"]
+    for r in ab["runs"]:
+        if "error" in r:
+            lines.append(f"| {r['input']} | {r['workers']} | {r['code']} | {r['round']} | "
+                         f"{r['error']} | | | | | |")
+            continue
+        lines.append(f"| {r['input']} | {r['workers']} | {r['code']} | {r['round']} | "
+                     f"{r['cells_per_s']:,} | {r['steady_cells_per_s']:,} | "
+                     f"{r['main_cpu_us_per_cell']} | {r['worker_cpu_us_per_cell']} | "
+                     f"{r['total_cpu_us_per_cell']} | {r['load_start']}-{r['load_end']} |")
+    lines += ["", "| input | workers | after/before steady cells/s (per round) | "
+              "before/after total CPU per cell (per round) |", "|---|---:|---|---|"]
+    keys = sorted({(r["input"], r["workers"]) for r in ab["runs"]})
+    for inp, w in keys:
+        speed, cpu = [], []
+        for rnd in range(1, ab["rounds"] + 1):
+            pair = {r["code"]: r for r in ab["runs"] if r["input"] == inp and r["workers"] == w
+                    and r["round"] == rnd and "error" not in r}
+            if len(pair) == 2:
+                b, a = pair["before"], pair["after"]
+                speed.append(f"{a['steady_cells_per_s'] / max(b['steady_cells_per_s'], 1):.2f}x")
+                cpu.append(f"{b['total_cpu_us_per_cell'] / max(a['total_cpu_us_per_cell'], 1e-9):.2f}x")
+        lines.append(f"| {inp} | {w} | {', '.join(speed)} | {', '.join(cpu)} |")
+    return lines
+
+
+def _measure_all(payload: dict, args: argparse.Namespace, out: Path,
+                 best: Callable[[Callable[[], dict]], dict], corpus: Path | None,
+                 big: Path | None) -> None:
+    """The headline measurements: scforge 0/1/2 workers, baselines (a) and (b), the corpus."""
+    _start_forkserver(out)
+    payload["scforge"] = [best(lambda w=w: run_scforge(out, w, args.epochs)) for w in (0, 1, 2)]
+    payload["backed"] = [best(lambda w=w: run_backed(args.h5ad, w, args.baseline_batches))
+                         for w in (0, 2)]
+    payload["scdataset"] = [best(lambda w=w: _try_scdataset(args.h5ad, w,
+                                                            args.baseline_batches))
+                            for w in (0, 2)]
+    payload["annbatch"] = _annbatch_status()
+    if corpus is not None and big is not None:
+        payload["corpus"] = str(corpus.relative_to(REPO) if corpus.is_relative_to(REPO)
+                                else corpus)
+        payload["corpus_note"] = (f"first {args.corpus_cells:,} cells of an epoch per run, "
+                                  "shards of 50,000 cells")
+        payload["corpus_runs"] = [best(lambda w=w: run_scforge(big, w, 1, args.corpus_cells))
+                                  for w in (0, 1, 2)]
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--h5ad", type=Path, default=PBMC)
@@ -385,9 +475,10 @@ def main(argv: list[str] | None = None) -> dict:
                          f"(default {DEPS.relative_to(REPO)} when present)")
     ap.add_argument("--corpus", type=Path, default=None,
                     help="large h5ad to shard and stream (or a shard directory)")
-    ap.add_argument("--synthetic", type=int, default=0,
+    ap.add_argument("--synthetic", type=int, default=1_000_000 if BIG.is_file() else 0,
                     help="use the synthetic corpus of this many cells under benchmarks/data "
-                         "(scforge.testing.corpus; made if missing)")
+                         "(scforge.testing.corpus; made if missing; default 1000000 when "
+                         f"{BIG.relative_to(REPO)} exists, else 0; 0 = none)")
     ap.add_argument("--corpus-cells", type=int, default=400_000,
                     help="cells measured per large-corpus run (the first ones of an epoch)")
     ap.add_argument("--trials", type=int, default=2,
@@ -396,6 +487,14 @@ def main(argv: list[str] | None = None) -> dict:
                     help="about 2 minutes: pbmc only, 1 trial, fewer epochs, small baselines")
     ap.add_argument("--out", type=Path, default=RESULTS, help="where the .json/.md go")
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--ab-against", type=Path, default=None,
+                    help="source tree of another revision (git archive REV | tar -x -C DIR): "
+                         "adds an interleaved before/after section (pbmc 0/2 workers and, with "
+                         "a corpus, 2 workers on it)")
+    ap.add_argument("--ab-rev", default=None, help="label of that revision (e.g. a git hash)")
+    ap.add_argument("--ab-rounds", type=int, default=2)
+    ap.add_argument("--ab-only", action="store_true",
+                    help="run only the before/after section (needs --ab-against)")
     args = ap.parse_args(argv)
     if args.quick:
         args.repeat, args.epochs, args.trials = min(args.repeat, 2), 1, 1
@@ -411,41 +510,41 @@ def main(argv: list[str] | None = None) -> dict:
                                           "baseline_batches": args.baseline_batches}}
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "shards"
-        t0 = time.perf_counter()
-        job = shard([args.h5ad] * args.repeat, out, cells_per_shard=2000)
-        secs = time.perf_counter() - t0
-        payload["input"] = (f"{args.h5ad.name} x {args.repeat} = {job['cells']:,} real cells; "
-                            f"best of {args.trials} trials")
-        payload["sharding"] = {"seconds": round(secs, 1), "cells_per_s": round(job["cells"] / secs)}
+        if not args.ab_only:
+            t0 = time.perf_counter()
+            job = shard([args.h5ad] * args.repeat, out, cells_per_shard=2000)
+            secs = time.perf_counter() - t0
+            payload["input"] = (f"{args.h5ad.name} x {args.repeat} = {job['cells']:,} real "
+                                f"cells; best of {args.trials} trials")
+            payload["sharding"] = {"seconds": round(secs, 1),
+                                   "cells_per_s": round(job["cells"] / secs)}
 
         def best(fn: Callable[[], dict]) -> dict:
             runs = [fn() for _ in range(args.trials)]
             top = max(runs, key=lambda r: r.get("steady_cells_per_s", 0))
             return {**top, "trials_steady": [r.get("steady_cells_per_s") for r in runs]}
 
-        _start_forkserver(out)
-        payload["scforge"] = [best(lambda w=w: run_scforge(out, w, args.epochs))
-                              for w in (0, 1, 2)]
-        payload["backed"] = [best(lambda w=w: run_backed(args.h5ad, w, args.baseline_batches))
-                             for w in (0, 2)]
-        payload["scdataset"] = [best(lambda w=w: _try_scdataset(args.h5ad, w,
-                                                                args.baseline_batches))
-                                for w in (0, 2)]
-        payload["annbatch"] = _annbatch_status()
         corpus = args.corpus
         if corpus is None and args.synthetic:
             from scforge.testing.corpus import ensure_corpus
 
             corpus = Path(ensure_corpus(REPO / "benchmarks" / "data", args.synthetic)["h5ad"])
-        if corpus is not None:
-            big = _corpus_shards(corpus, Path(tmp), payload)
-            payload["corpus"] = str(corpus.relative_to(REPO) if corpus.is_relative_to(REPO)
-                                    else corpus)
-            payload["corpus_note"] = (f"first {args.corpus_cells:,} cells of an epoch per run, "
-                                      "shards of 50,000 cells")
-            payload["corpus_runs"] = [best(lambda w=w: run_scforge(big, w, 1, args.corpus_cells))
-                                      for w in (0, 1, 2)]
+        big = _corpus_shards(corpus, Path(tmp), payload) if corpus is not None else None
+        if not args.ab_only:
+            _measure_all(payload, args, out, best, corpus, big)
+        if args.ab_against is not None:
+            ab_shards = Path(tmp) / "ab_shards"
+            n_ab = shard([args.h5ad] * 4, ab_shards, cells_per_shard=2000)["cells"]
+            inputs: list[tuple[str, Path, int, int | None]] = [
+                (f"{args.h5ad.stem} x 4 ({n_ab:,} cells, 2 epochs)", ab_shards, 2, None)]
+            if corpus is not None:
+                inputs.append((f"1M synthetic (first {args.corpus_cells:,} cells)", big, 1,
+                               args.corpus_cells))
+            payload["ab"] = run_ab(args.ab_against.resolve(), inputs, args.ab_rounds)
+            payload["ab"]["before_rev"] = args.ab_rev or str(args.ab_against)
     payload["load_average_end"] = os.getloadavg()[0]
+    if args.ab_only:
+        return _write_ab(payload, args)
     payload["ratios"], payload["cpu_bound"] = _ratios(payload)
     print(json.dumps(payload, indent=1, default=str))
     if not args.no_write:
@@ -453,6 +552,17 @@ def main(argv: list[str] | None = None) -> dict:
         stem = args.out / f"loader_{dt.date.today().isoformat()}{'_quick' if args.quick else ''}"
         stem.with_suffix(".json").write_text(json.dumps(payload, indent=1, default=str) + "\n")
         stem.with_suffix(".md").write_text(markdown(payload))
+        print(f"wrote {stem}.json and {stem}.md", file=sys.stderr)
+    return payload
+
+
+def _write_ab(payload: dict, args: argparse.Namespace) -> dict:
+    print(json.dumps(payload, indent=1, default=str))
+    if not args.no_write:
+        args.out.mkdir(parents=True, exist_ok=True)
+        stem = args.out / f"loader_{dt.date.today().isoformat()}_ab"
+        stem.with_suffix(".json").write_text(json.dumps(payload, indent=1, default=str) + "\n")
+        stem.with_suffix(".md").write_text("\n".join(_ab_markdown(payload["ab"])) + "\n")
         print(f"wrote {stem}.json and {stem}.md", file=sys.stderr)
     return payload
 

@@ -177,9 +177,17 @@ def verify_file(url: str, fh: IO[bytes], entry: dict) -> None:
     """sha256 and size of an open shard against its manifest entry (reads it whole)."""
     sha, n = hashlib.sha256(), 0
     fh.seek(0)
-    for buf in iter(lambda: fh.read(1 << 22), b""):
-        sha.update(buf)
-        n += len(buf)
+    readinto = getattr(fh, "readinto", None)
+    if readinto is not None:  # one reused buffer: a fresh 4 MiB read costs ~1k page faults
+        buf = bytearray(1 << 20)
+        view = memoryview(buf)
+        while (k := readinto(view)):
+            sha.update(view[:k])
+            n += k
+    else:
+        for chunk in iter(lambda: fh.read(1 << 22), b""):
+            sha.update(chunk)
+            n += len(chunk)
     if n != entry["bytes"]:
         raise ShardIntegrityError(f"shard {url} has {n} bytes, manifest says {entry['bytes']} "
                                   "(truncated or replaced); re-shard or restore it")
