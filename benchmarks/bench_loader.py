@@ -379,7 +379,8 @@ def _corpus_shards(corpus: Path, tmp: Path, payload: dict) -> Path:
 
 def _ab_one(code: Path, shards: Path, workers: int, epochs: int, limit: int | None) -> dict:
     """``run_scforge`` of the source tree ``code`` in a fresh interpreter (its own forkserver)."""
-    script = ("import json; from pathlib import Path; "
+    # _warm loads the loader's kernels first, as the headline runs' earlier trials do.
+    script = ("import json; from pathlib import Path; import scforge.data.stream._warm; "
               "from benchmarks.bench_loader import run_scforge, _start_forkserver; "
               f"s = Path({str(shards)!r}); _start_forkserver(s); "
               f"print('@@' + json.dumps(run_scforge(s, {workers}, {epochs}, {limit!r})))")

@@ -153,17 +153,38 @@ class Collator:
         window instead of one per batch)."""
         return cell_keys(self.seed, epoch, table.gids, self.masking.stream)
 
+    def summary(self, table: CellTable, plan: list[np.ndarray]) -> np.ndarray:
+        """int64 [batches, 3]: padded width, real tokens and stand-in cells of each batch of
+        ``plan`` (one vectorised pass per window instead of reductions per batch)."""
+        if not plan:
+            return np.zeros((0, 3), dtype=np.int64)
+        order = np.concatenate(plan)
+        cuts = np.zeros(len(plan), dtype=np.int64)
+        np.cumsum([len(b) for b in plan[:-1]], out=cuts[1:])
+        lens = np.minimum(table.offsets[order + 1] - table.offsets[order], self.max_len)
+        return np.stack([np.maximum.reduceat(lens, cuts), np.add.reduceat(lens, cuts),
+                         np.add.reduceat(table.filled[order].astype(np.int64), cuts)], axis=1)
+
+    def nbytes_of(self, rows: int, width: int, has_values: bool) -> int:
+        """Arena bytes of a [rows, width] batch."""
+        return sum(Arena.size((rows, width), dt) for _, dt in self.fields(has_values))
+
     def build(self, table: CellTable, idx: np.ndarray, epoch: int, arena: Arena,
-              info: BatchInfo, *, keys: np.ndarray | None = None) -> Wire:
+              info: BatchInfo, *, keys: np.ndarray | None = None,
+              summary: tuple[int, int, int] | None = None) -> Wire:
         """The batch of cells ``idx``, masked for ``epoch``, its arrays carved from ``arena``.
 
         ``info.stats`` is filled with the batch's counters. ``keys``: the cells' mask keys
-        when already known (``self.keys(table, epoch)[idx]``).
+        when already known (``self.keys(table, epoch)[idx]``); ``summary``: the batch's row of
+        :meth:`summary` when already known.
         """
         starts = table.offsets[idx]
         full = table.offsets[idx + 1] - starts
         lens = np.minimum(full, self.max_len)
-        shape = (len(idx), int(lens.max()))
+        if summary is None:
+            summary = (int(lens.max()), int(lens.sum()), int(table.filled[idx].sum()))
+        width, real, filled = summary
+        shape = (len(idx), width)
         arrays: dict[str, np.ndarray] = {}
         layout: Layout = []
         for name, dtype in self.fields(table.values is not None):
@@ -175,9 +196,9 @@ class Collator:
             n_cut, n_masked = self._fill_kernel(table, arrays, keys, starts, full)
         else:
             n_cut, n_masked = self._fill_reference(table, arrays, keys, starts, full, lens)
-        info.stats = {"cells": shape[0], "real_tokens": int(lens.sum()),
+        info.stats = {"cells": shape[0], "real_tokens": real,
                       "padded_tokens": shape[0] * shape[1], "masked_tokens": n_masked,
-                      "truncated_cells": n_cut, "filled_cells": int(table.filled[idx].sum())}
+                      "truncated_cells": n_cut, "filled_cells": filled}
         return Wire(arena.buffer, layout, lens.tolist(),
                     {f: col[idx].tolist() for f, col in table.obs.items()},
                     table.cell_ids[idx].tolist(), info, pooled=arena.pooled, ring=arena.ring)

@@ -299,20 +299,24 @@ class ShardStream(IterableDataset):
                 lengths = np.minimum(table.lengths, self.max_len)
                 plan = plan_batches(lengths, c.batch_size, rng, bucketing=c.bucketing.enabled,
                                     group_batches=c.bucketing.group_batches)
+                summary = self.collator.summary(table, plan).tolist()
+                has_values = table.values is not None
                 for g0 in range(0, len(plan), transfer):
-                    todo = [(index + g0 + j, idx) for j, idx in enumerate(plan[g0 : g0 + transfer])
+                    todo = [(index + g0 + j, plan[g0 + j], summary[g0 + j])
+                            for j in range(min(transfer, len(plan) - g0))
                             if index + g0 + j >= skip]
                     if not todo:
                         continue
-                    nbytes = sum(self.collator.nbytes(table, idx) for _, idx in todo)
+                    nbytes = sum(self.collator.nbytes_of(len(idx), s[0], has_values)
+                                 for _, idx, s in todo)
                     arena = pool.arena(nbytes) if pool is not None else Arena.private(nbytes)
                     wires = [self.collator.build(table, idx, epoch, arena,
                                                  BatchInfo(epoch=epoch, rank=self.rank,
                                                            worker=worker, index=k,
                                                            skipped=reader.take_skips(),
                                                            verified=reader.take_verified()),
-                                                 keys=keys[idx])
-                             for k, idx in todo]
+                                                 keys=keys[idx], summary=tuple(s))
+                             for k, idx, s in todo]
                     yield WireGroup(arena.buffer, wires, pooled=arena.pooled, ring=arena.ring)
                 index += n_batches
         finally:
