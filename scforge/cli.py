@@ -7,7 +7,7 @@ scforge stats ...                 same as ``scforge-shard stats ...``
 scforge train --config ...        pretrain (``python -m scforge.train``)
 scforge embed --checkpoint ...    cell embeddings of an export -> obsm
 scforge evaluate --config ...     evaluation harness (probe, scib-metrics) -> report
-scforge finetune --config ...     task head (+ LoRA) on a pretrained encoder
+scforge finetune --config ... --checkpoint DIR   task head (+ LoRA) through the DeepSpeed trainer
 scforge predict --model ...       apply a fine-tuned model -> obs
 scforge bench --suite quick|full  benchmark suite, every stage against its peers (repo checkout)
 """
