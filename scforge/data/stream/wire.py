@@ -8,10 +8,14 @@ file-descriptor hand-over per storage), and every first touch of a fresh 4 KiB p
 So a worker builds the tensors of a group of batches, in the contract's final dtypes (int64
 ids/labels, bool masks, float32 values), inside one :class:`Arena` (one storage, one hand-over
 per message), taken from a per-worker :class:`ShmPool` of reusable shared-memory slots. The
-main process does no conversion and no copy: unpickling wraps the slot as the batches' tensors
-(views), and the slot goes back to the worker when the last view dies (:func:`_lease`), so the
-pages stay mapped on both sides. Nothing here is a file format: pickling is only the
-DataLoader's own worker queue.
+slots come first from the trainer's :class:`Ring` (created by
+:class:`~scforge.data.stream.loader.StatefulLoader` and handed to each worker once, when it
+starts), so a message names its slot and carries no file descriptor at all; only when the
+trainer holds every ring slot does a worker fall back to segments of its own. The main process
+does no conversion and no copy: unpickling wraps the slot as the batches' tensors (views), and
+the slot goes back to the worker when the last view dies (:func:`_lease`), so the pages stay
+mapped on both sides. Nothing here is a file format: pickling is only the DataLoader's own
+worker queue.
 """
 
 from __future__ import annotations
