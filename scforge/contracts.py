@@ -22,14 +22,15 @@ class Batch:
     """A padded, optionally masked batch of tokenized cells.
 
     Attributes:
-        input_ids: long [B, L]; gene tokens, with ``<mask>`` where gene-id masking hid a token,
-            ``<pad>`` past each cell's end.
+        input_ids: int32 or int64 [B, L]; gene tokens, with ``<mask>`` where gene-id masking hid
+            a token, ``<pad>`` past each cell's end. The streaming loader delivers int32 (half
+            the bytes to write, hand over and copy to a GPU); models accept both.
         attention_mask: bool [B, L]; True on real tokens (including ``<cls>``/``<eos>``).
         values: float [B, L] or None; per-token expression values (bin index for binned
             tokenizers, float for continuous). Positions in ``value_mask`` hold 0 and must not be
             read by a model.
-        labels: long [B, L] or None; original gene ids at positions the objective predicts,
-            ``IGNORE_INDEX`` elsewhere (MLM over gene ids).
+        labels: int32 or int64 [B, L] or None; original gene ids at positions the objective
+            predicts, ``IGNORE_INDEX`` elsewhere (MLM over gene ids).
         value_labels: float [B, L] or None; original values at positions the objective predicts
             (meaningful only where ``value_mask`` is True).
         value_mask: bool [B, L] or None; positions whose value was hidden and must be predicted.

@@ -28,8 +28,9 @@ def check_batch(batch: Batch, cfg: ModelConfig) -> None:
     ids = batch.input_ids
     if ids.dim() != 2:
         raise ValueError(f"batch.input_ids has shape {tuple(ids.shape)}; expected [B, L]")
-    if ids.dtype != torch.long:
-        raise ValueError(f"batch.input_ids has dtype {ids.dtype}; expected torch.long")
+    if ids.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"batch.input_ids has dtype {ids.dtype}; expected torch.int32 or "
+                         "torch.long")
     if batch.attention_mask.dtype != torch.bool:
         raise ValueError(
             f"batch.attention_mask has dtype {batch.attention_mask.dtype}; expected torch.bool "

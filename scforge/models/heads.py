@@ -92,6 +92,7 @@ def classification_loss(
     if target.numel() == 0:
         zero = logits.float().sum() * 0.0
         return zero, zero.detach()
+    target = target.long()  # batches may carry int32 ids (the loader's wire dtype)
     loss = F.cross_entropy(logits.float(), target)
     acc = (logits.detach().argmax(dim=-1) == target).float().mean()
     return loss, acc

@@ -247,7 +247,7 @@ def test_batch_without_labels_raises(make_config, make_batch) -> None:
             "attention_mask",
         ),
         (lambda b: dataclasses.replace(b, labels=b.labels[:, :-1]), "batch.labels"),
-        (lambda b: dataclasses.replace(b, input_ids=b.input_ids.int()), "batch.input_ids"),
+        (lambda b: dataclasses.replace(b, input_ids=b.input_ids.float()), "batch.input_ids"),
         (lambda b: dataclasses.replace(b, values=None), "batch.values"),
         (lambda b: dataclasses.replace(b, value_labels=None), "value_labels"),
     ],

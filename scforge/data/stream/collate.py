@@ -4,7 +4,7 @@ Shape legend: B = cells in the batch, L = padded length (the longest cell, cappe
 T = real tokens in the batch (the cells' token arrays concatenated).
 
 A batch is built in one compiled pass (:mod:`scforge.data.stream.fused`): each token is read
-once and written straight into the contract's dtypes (ids/labels int64, masks bool, values
+once and written straight into the contract's dtypes (ids/labels int32, masks bool, values
 float32) inside an arena (shared memory in a DataLoader worker), so the trainer's process only
 wraps the arrays as tensors (:mod:`scforge.data.stream.wire`). With length bucketing B*L is
 within a few percent of T, so almost nothing is spent on padding.
@@ -86,10 +86,10 @@ class Collator:
         key = (has_values, self.masking)
         if self._fields is not None and self._fields[0] == key:
             return self._fields[1]
-        out = [("input_ids", "int64"), ("attention_mask", "bool")]
+        out = [("input_ids", "int32"), ("attention_mask", "bool")]
         if has_values:
             out.append(("values", "float32"))
-        out += [(n, "int64" if d == "ids" else d) for n, d in self.masking.outputs]
+        out += [(n, "int32" if d == "ids" else d) for n, d in self.masking.outputs]
         self._fields = (key, out)
         return out
 

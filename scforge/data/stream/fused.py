@@ -9,7 +9,7 @@ parity test on real shards keeps the two equal.
 Why a kernel: the NumPy path makes about a dozen passes over each [B, L] batch (fill, row copies,
 draws, compare, ``flatnonzero``, gathers, scatters, casts) and allocates as many temporaries;
 here each token is read once and every output element written once, straight into the final
-dtypes (int64 ids/labels, bool masks, float32 values), so the trainer's process converts
+dtypes (int32 ids/labels, bool masks, float32 values), so the trainer's process converts
 nothing. Single-threaded and ``nogil`` on purpose: parallelism comes from DataLoader workers,
 and a kernel without threads is safe to call in forked processes.
 
@@ -82,9 +82,9 @@ def collate_batch(tokens, values, starts, full, max_len, keys, eos_id, keep_eos,
             and ``<mask>`` or random gene.
         mask_id, genes: the ``<mask>`` id and the ids random replacements are drawn from.
         fill_value: what hidden values become (value masking).
-        ids, attn: int64 / bool [B, L] outputs.
+        ids, attn: int32 / bool [B, L] outputs.
         vals: float32 [B, L] output, or a [0, 0] array when the shards carry no values.
-        labels: int64 [B, L] output (bert), else any [0, 0] array.
+        labels: int32 [B, L] output (bert), else any [0, 0] array.
         vlabels, vmask: float32 / bool [B, L] outputs (value), else [0, 0] arrays.
     """
     n_rows, width = ids.shape

@@ -5,7 +5,7 @@ from a worker to the main process costs ~0.4-0.5 ms of main-process CPU whatever
 file-descriptor hand-over per storage), and every first touch of a fresh 4 KiB page costs
 ~1.3 us (writes in the worker, reads of a fresh mapping in the main process).
 
-So a worker builds the tensors of a group of batches, in the contract's final dtypes (int64
+So a worker builds the tensors of a group of batches, in the contract's final dtypes (int32
 ids/labels, bool masks, float32 values), inside one :class:`Arena` (one storage, one hand-over
 per message), taken from a per-worker :class:`ShmPool` of reusable shared-memory slots. The
 slots come first from the trainer's :class:`Ring` (created by
@@ -228,7 +228,7 @@ class Recycler:
     """Uninitialised arrays whose memory is reused once every view of them is gone.
 
     Fresh memory costs a page fault per 4 KiB on first touch, ~1.3 us each on this VM: for the
-    int64 ids of a 64-cell batch that is more than the conversion itself. The trainer's process
+    int32 ids of a 64-cell batch that is more than the conversion itself. The trainer's process
     keeps few batches alive at a time, so recycling their buffers (returned by a finaliser when
     the last tensor/array view dies) avoids nearly all of it. Thread-safe; caches at most
     ``max_cached_bytes`` of idle buffers.

@@ -77,12 +77,12 @@ def test_batch_contents_match_the_shards(cb_shards):
     batches = list(stream)
     for b in batches:
         assert isinstance(b, Batch)
-        assert b.input_ids.dtype == torch.long and b.attention_mask.dtype == torch.bool
+        assert b.input_ids.dtype == torch.int32 and b.attention_mask.dtype == torch.bool
         assert b.labels is None and b.values is None and b.value_mask is None
         assert b.input_ids.shape == b.attention_mask.shape and b.input_ids.shape[1] <= 300
         assert set(b.obs) == {"cell_type", "batch"} and len(b.obs["cell_type"]) == b.size
         for row, cid in enumerate(b.cell_ids):
-            tok = cells[cid]["input_ids"].astype(np.int64)
+            tok = cells[cid]["input_ids"].astype(np.int32)
             n = int(b.attention_mask[row].sum())
             assert n == min(len(tok), 300)
             want = tok[:n].copy()
@@ -100,7 +100,7 @@ def test_keep_eos_false_keeps_plain_prefix(cb_shards):
     stream = ShardStream(cb_shards, cfg(max_len=50, keep_eos=False, masking={"name": "none"}))
     b = next(iter(stream))
     for row, cid in enumerate(b.cell_ids):
-        want = torch.from_numpy(cells[cid]["input_ids"][:50].astype(np.int64))
+        want = torch.from_numpy(cells[cid]["input_ids"][:50].astype(np.int32))
         assert torch.equal(b.input_ids[row, :50], want)
 
 

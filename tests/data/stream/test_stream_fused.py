@@ -45,13 +45,13 @@ def test_kernel_equals_numpy_reference(request, fixture, kw):
     assert_same(fast, ref)
     assert m_fast == m_ref
     b = fast[0]
-    assert b.input_ids.dtype == torch.int64 and b.attention_mask.dtype == torch.bool
+    assert b.input_ids.dtype == torch.int32 and b.attention_mask.dtype == torch.bool
     mask = b.attention_mask
     assert (mask[:, 1:] <= mask[:, :-1]).all() and mask[:, 0].all()  # a prefix per row
     assert (b.input_ids[~mask] == ShardStream(request.getfixturevalue(fixture), cfg(**kw))
             .collator.specials.pad).all()
     if b.labels is not None:
-        assert b.labels.dtype == torch.int64
+        assert b.labels.dtype == torch.int32
         assert ((b.labels == IGNORE_INDEX) | b.attention_mask).all()
     if b.values is not None:
         assert b.values.dtype == torch.float32
