@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from _testpaths import REPO, SHARED, shared  # noqa: F401  (re-exported for fixtures)
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO / ".." / "shared" / "data"
 
 
 def pytest_addoption(parser):
@@ -24,15 +23,6 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if marker in item.keywords:
                 item.add_marker(skip)
-
-
-def shared(name: str) -> Path:
-    path = SHARED / name
-    if not path.exists():
-        pytest.fail(
-            f"shared test data {path} is missing (expected ../shared/data next to the repo)"
-        )
-    return path
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from scforge.config import ConfigError, ShardJobConfig, load_config
-from tests.conftest import REPO
+from _testpaths import REPO
 
 RECIPES = sorted((REPO / "configs" / "shard").glob("*.yaml"))
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from benchmarks.bench_tokenize import load_scgpt_binning, scgpt_binning_port
-from tests.conftest import shared
+from _testpaths import shared
 
 
 def test_scgpt_port_matches_reference_tie_ranges(pbmc_first2000):

@@ -14,7 +14,7 @@ import pytest
 import scipy.sparse as sp
 
 from scforge.data.shard.cli import main
-from tests.conftest import REPO
+from _testpaths import REPO
 
 
 def _write(path: Path, x, var_names=None, obs=None) -> Path:

@@ -13,7 +13,7 @@ from scforge.data import read_shards
 from scforge.data.shard import ShardJob, load_manifest, verify_shard
 from scforge.data.sources import open_source
 from scforge.data.tokenizers import get_tokenizer
-from tests.conftest import REPO, shared
+from _testpaths import REPO, shared
 
 RECIPES = {
     "rank_value": "geneformer_v2.yaml",

@@ -9,7 +9,7 @@ from scforge.config import TokenizerConfig
 from scforge.data.sources.base import CSRChunk
 from scforge.data.tokenizers import get_tokenizer
 from scforge.data.vocab import GeneVocab
-from tests.conftest import shared
+from _testpaths import shared
 
 
 @pytest.mark.parametrize(

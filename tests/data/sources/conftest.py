@@ -73,6 +73,12 @@ _FAST_INGEST = {
 
 
 @pytest.fixture(scope="session")
+def fast_ingest() -> dict:
+    """``platform_config`` for ``tiledbsoma.io.from_anndata`` with the faster tiles."""
+    return _FAST_INGEST
+
+
+@pytest.fixture(scope="session")
 def census_root(tmp_path_factory) -> Path:
     """Census-shaped tree holding cellbench_5batch (1,408 cells) as homo_sapiens."""
     pytest.importorskip("tiledbsoma")

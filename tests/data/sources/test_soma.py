@@ -120,18 +120,16 @@ def test_soma_obs_columns_and_dataset_field(tmp_path, cellbench_experiment):
     assert load_manifest(tmp_path / "o")["obs_fields"] == ["dataset", "soma_joinid", "protocol"]
 
 
-def test_pbmc_subset_experiment_one_batch(tmp_path_factory, tmp_path):
+def test_pbmc_subset_experiment_one_batch(tmp_path_factory, tmp_path, fast_ingest):
     """pbmc_2batch cells (every 8th, both batches interleaved) as a local experiment: a value
     filter on one batch gives the shards of the same cells from .h5ad (the whole file, binned
     too: test_pbmc_soma_experiment_one_batch with --runslow)."""
     import tiledbsoma.io
 
-    from tests.data.sources.conftest import _FAST_INGEST
-
     a = ad.read_h5ad(SHARED / "pbmc_2batch.h5ad")[::8].copy()
     uri = tmp_path_factory.mktemp("pbmc_sub") / "exp"
     tiledbsoma.io.from_anndata(
-        str(uri), a, measurement_name="RNA", X_layer_name="raw", platform_config=_FAST_INGEST
+        str(uri), a, measurement_name="RNA", X_layer_name="raw", platform_config=fast_ingest
     )
     batch = "pbmc8k_10x_v2_GRCh38"
     rows = np.flatnonzero((a.obs["batch"] == batch).to_numpy())

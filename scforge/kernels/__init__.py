@@ -1,4 +1,4 @@
-"""Numba kernels (installed as ``scforge.kernels``): tokenization, and the sparse dropout
+"""Numba kernels (``scforge.kernels``): tokenization, and the sparse dropout
 corrections of CPU attention (``attention``).
 
 Leaf layer: NumPy arrays in, NumPy arrays out. Every kernel works on a whole CSR chunk of cells

@@ -1,1 +1,0 @@
-"""scforge test suite (a package, so `tests.conftest` never resolves to a third-party `tests`)."""
