@@ -340,7 +340,9 @@ def default_out(suite: str) -> Path:
 
 
 def build_parser(prog: str = "python -m benchmarks") -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    from scforge.errors import ArgumentParser
+
+    ap = ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     ap.add_argument("--suite", choices=("quick", "full"), default="quick")
     ap.add_argument(
         "--out",
@@ -448,5 +450,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m benchmarks") -> i
 
 
 def cli_main(argv: list[str] | None = None) -> int:
-    """What ``scforge bench`` calls."""
-    return main(argv, prog="scforge bench")
+    """What ``scforge bench`` calls (an unwritable ``--out`` ends in one line too)."""
+    from scforge.errors import run_command
+
+    return run_command("scforge bench", lambda: main(argv, prog="scforge bench"))

@@ -14,13 +14,14 @@ scforge bench --suite quick|full  benchmark suite, every stage against its peers
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
+from scforge.errors import ArgumentParser, run_command
+
 
 def _demo(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(
+    ap = ArgumentParser(
         prog="scforge demo",
         description="The whole pipeline on the bundled real PBMC cells: shard, pretrain the "
         "debug encoder, embed, evaluate against HVG + PCA, write a report.",
@@ -52,12 +53,7 @@ def _demo(argv: list[str]) -> int:
     for name in ("steps", "max_len", "eval_cells"):
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))
-    try:
-        run_demo(cfg)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"scforge demo: error: {e}")
-        return 2
-    return 0
+    return run_command("scforge demo", lambda: run_demo(cfg) and 0)
 
 
 def _bench(argv: list[str]) -> int:
@@ -104,9 +100,13 @@ def main(argv: list[str] | None = None) -> int:
         "predict": lazy("scforge.finetune.train", "predict_main"),
         "bench": _bench,
     }
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
+    if not argv or argv[0] in ("-h", "--help"):
         print(__doc__.strip())
-        return 0 if not argv or argv[0] in ("-h", "--help") else 2
+        return 0
+    if argv[0] not in commands:
+        print(f"scforge: error: unknown command {argv[0]!r}; choose one of "
+              f"{', '.join(commands)} (see scforge --help)", file=sys.stderr)
+        return 2
     return commands[argv[0]](argv[1:])
 
 

@@ -12,6 +12,11 @@ from typing import Generic, TypeVar
 T = TypeVar("T")
 
 
+class UnknownNameError(KeyError, ValueError):
+    """A name that is not registered (a ``KeyError`` for lookups, a ``ValueError`` so commands
+    report it as the user's mistake)."""
+
+
 class Registry(Generic[T]):
     """Name -> object map for swappable components (tokenizers, models, masking, eval tasks)."""
 
@@ -34,7 +39,7 @@ class Registry(Generic[T]):
         try:
             return self._items[name]
         except KeyError:
-            raise KeyError(
+            raise UnknownNameError(
                 f"unknown {self.kind} {name!r}; registered: {', '.join(self.names()) or 'none'}"
             ) from None
 

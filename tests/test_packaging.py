@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import importlib.metadata as md
-import tomllib
 
 import pytest
 from _testpaths import REPO
@@ -69,6 +68,7 @@ def test_pypi_kernels_package_resolves_to_site_packages():
 
 
 def _metadata_requirements() -> list[Requirement]:
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11 (CI runs 3.11)
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     reqs = [Requirement(r) for r in project["dependencies"]]
     for extra in project.get("optional-dependencies", {}).values():

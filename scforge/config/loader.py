@@ -62,12 +62,32 @@ def load_config(
         obj = OmegaConf.to_object(merged)
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None) or ""
-        msg = str(e).splitlines()[0]
-        raise ConfigError(f"invalid config key {key!r}: {msg}") from None
+        msg = str(e).splitlines()[0].split(". Did you mean")[0]  # ours names the full key
+        raise ConfigError(f"invalid config key {key!r}: {msg}{_fix_hint(conf, key, e)}") from None
     validate = getattr(obj, "validate", None)
     if callable(validate):
         validate()
     return obj  # type: ignore[return-value]
+
+
+def _fix_hint(conf: Any, key: str, err: Exception) -> str:
+    """What to do about an OmegaConf error: the valid keys (closest first) or the wanted type."""
+    import difflib
+
+    from omegaconf.errors import ConfigKeyError
+
+    if not isinstance(err, ConfigKeyError):
+        return "; give a value of the field's type (see the schema in scforge/config)"
+    parent, _, leaf = key.rpartition(".")
+    node = OmegaConf.select(conf, parent) if parent else conf
+    if not OmegaConf.is_dict(node):
+        return ""
+    keys = [str(k) for k in node]
+    close = difflib.get_close_matches(leaf, keys, n=3)
+    where = f"{parent}." if parent else ""
+    if close:
+        return f"; did you mean {', '.join(where + c for c in close)}?"
+    return f"; valid keys here: {', '.join(where + k for k in keys)}"
 
 
 def to_yaml(obj: Any) -> str:

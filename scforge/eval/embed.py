@@ -7,7 +7,6 @@ batch size, so the same cells give the same embeddings whichever way they arrive
 
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from scforge.errors import ArgumentParser, run_command
 from scforge.eval.tokenize import (
     TokenizedCells,
     checkpoint_tokenizer,
@@ -134,7 +134,7 @@ def embed(checkpoint_dir: str | Path, data: str | Path | Any, out: str | Path | 
 
 def embed_main(argv: list[str] | None = None) -> int:
     """``scforge embed --checkpoint DIR --data X.h5ad|SHARDS --out Y.h5ad [--key X_scforge]``."""
-    ap = argparse.ArgumentParser(prog="scforge embed",
+    ap = ArgumentParser(prog="scforge embed",
                                  description="Cell embeddings of an exported model -> obsm.")
     ap.add_argument("--checkpoint", required=True, help="export directory (<run>/export)")
     ap.add_argument("--data", required=True, help="h5ad file or shard directory")
@@ -147,13 +147,13 @@ def embed_main(argv: list[str] | None = None) -> int:
     ap.add_argument("--token-dictionary", default="", help="custom vocabulary JSON, if any")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
-    try:
+
+    def run() -> int:
         adata = embed(args.checkpoint, args.data, args.out, key=args.key,
                       batch_size=args.batch_size, device=args.device, layer=args.layer,
                       gene_column=args.gene_column, token_dictionary=args.token_dictionary,
                       progress=not args.no_progress)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"scforge embed: error: {e}")
-        return 2
-    print(f"wrote {args.out}: obsm[{args.key!r}] {adata.obsm[args.key].shape}")
-    return 0
+        print(f"wrote {args.out}: obsm[{args.key!r}] {adata.obsm[args.key].shape}")
+        return 0
+
+    return run_command("scforge embed", run)

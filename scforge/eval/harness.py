@@ -7,7 +7,6 @@ and scores a live model at any step (the trainer calls it; no files, no scib unl
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from dataclasses import dataclass, field
@@ -143,23 +142,24 @@ def _versions() -> dict[str, str]:
 
 def evaluate_main(argv: list[str] | None = None) -> int:
     """``scforge evaluate --config configs/eval/<x>.yaml [key=value ...]``."""
-    from scforge.config.loader import ConfigError, load_config
+    from scforge.config.loader import load_config
+    from scforge.errors import ArgumentParser, run_command
 
-    ap = argparse.ArgumentParser(prog="scforge evaluate",
+    ap = ArgumentParser(prog="scforge evaluate",
                                  description="Evaluate a checkpoint's embeddings on labelled cells.")
     ap.add_argument("--config", action="append", default=[], help="YAML recipe (repeatable)")
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("overrides", nargs="*", help="key=value overrides, e.g. max_cells=2000")
     args = ap.parse_args(argv)
-    try:
+
+    def run() -> int:
         cfg = load_config(EvalConfig, args.config, args.overrides)
         scores = evaluate(cfg, progress=not args.no_progress)
-    except (ConfigError, ValueError, FileNotFoundError) as e:
-        print(f"scforge evaluate: error: {e}")
-        return 2
-    print(json.dumps(scores, indent=1))
-    print(f"report: {Path(cfg.out_dir) / 'report.md'}")
-    return 0
+        print(json.dumps(scores, indent=1))
+        print(f"report: {Path(cfg.out_dir) / 'report.md'}")
+        return 0
+
+    return run_command("scforge evaluate", run)
 
 
 class TrainingEvaluator:

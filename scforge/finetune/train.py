@@ -523,9 +523,10 @@ def finetune_main(argv: list[str] | None = None) -> int:
     """
     import os
 
-    from scforge.config.loader import ConfigError, load_config
+    from scforge.config.loader import load_config
+    from scforge.errors import ArgumentParser, run_command
 
-    ap = argparse.ArgumentParser(prog="scforge finetune",
+    ap = ArgumentParser(prog="scforge finetune",
                                  description="Fine-tune a pretrained encoder with a task head "
                                              "through the DeepSpeed trainer.")
     ap.add_argument("--config", action="append", default=[], metavar="FILE")
@@ -540,19 +541,21 @@ def finetune_main(argv: list[str] | None = None) -> int:
     overrides = list(args.overrides)
     if args.checkpoint is not None:
         overrides.append(f"checkpoint={args.checkpoint}")
-    try:
+
+    def run() -> int:
         res = finetune(load_config(FinetuneConfig, args.config, overrides))
-    except (ConfigError, ValueError, FileNotFoundError) as e:
-        print(f"scforge finetune: error: {e}", file=sys.stderr)
-        return 2
-    if os.environ.get("RANK", "0") == "0":
-        print(json.dumps(res, indent=1))
-    return 0
+        if os.environ.get("RANK", "0") == "0":
+            print(json.dumps(res, indent=1))
+        return 0
+
+    return run_command("scforge finetune", run)
 
 
 def predict_main(argv: list[str] | None = None) -> int:
     """``scforge predict --model DIR --data X.h5ad --out Y.h5ad [--key scforge_pred]``."""
-    ap = argparse.ArgumentParser(prog="scforge predict",
+    from scforge.errors import ArgumentParser, run_command
+
+    ap = ArgumentParser(prog="scforge predict",
                                  description="Apply a fine-tuned model; predictions -> obs.")
     ap.add_argument("--model", required=True, help="fine-tuned model directory")
     ap.add_argument("--data", required=True)
@@ -561,14 +564,14 @@ def predict_main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--device", default="auto")
     args = ap.parse_args(argv)
-    try:
+
+    def run() -> int:
         predict(args.model, args.data, args.out, key=args.key, batch_size=args.batch_size,
                 device=args.device)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"scforge predict: error: {e}")
-        return 2
-    print(f"wrote {args.out}: obs[{args.key!r}]")
-    return 0
+        print(f"wrote {args.out}: obs[{args.key!r}]")
+        return 0
+
+    return run_command("scforge predict", run)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from scforge.training.distributed import World, barrier
+from scforge.training.distributed import World, agreed
 
 CHECKPOINTS = "checkpoints"
 COMPLETE = "complete.json"
@@ -135,17 +135,18 @@ def save(engine: Any, out_dir: Path, step: int, *, world: World, client_state: d
     """
     ckpt_dir = out_dir / CHECKPOINTS
     tag = tag_for(step)
-    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client_state, save_latest=True)
     tag_dir = ckpt_dir / tag
-    tag_dir.mkdir(parents=True, exist_ok=True)
-    _write_json(rank_file(tag_dir, world.rank),
-                {"format": STATE_FORMAT, "version": STATE_VERSION, "step": step, **rank_state})
-    barrier()  # every rank's files are on disk before the marker says so
-    if world.is_main:
-        _write_json(tag_dir / COMPLETE, {"step": step, "world_size": world.world_size,
-                                         "time": time.time()})
-        prune(ckpt_dir, keep_last_k)
-    barrier()
+    with agreed():  # every rank's files are on disk (or every rank stops) before the marker
+        engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client_state,
+                               save_latest=True)
+        tag_dir.mkdir(parents=True, exist_ok=True)
+        _write_json(rank_file(tag_dir, world.rank),
+                    {"format": STATE_FORMAT, "version": STATE_VERSION, "step": step, **rank_state})
+    with agreed():
+        if world.is_main:
+            _write_json(tag_dir / COMPLETE, {"step": step, "world_size": world.world_size,
+                                             "time": time.time()})
+            prune(ckpt_dir, keep_last_k)
     return tag_dir
 
 

@@ -13,11 +13,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from scforge.config.loader import ConfigError, to_yaml
+from scforge.config.loader import to_yaml
+from scforge.errors import ArgumentParser, run_command
 
 
-def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
+def _parser() -> ArgumentParser:
+    ap = ArgumentParser(
         prog="scforge train",
         description="Train a registry model on scforge shards with DeepSpeed (1 process: "
                     "python -m scforge.train; N GPUs/nodes: deepspeed scforge/train.py).")
@@ -33,29 +34,32 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Runs a training job; returns the process exit code (2 for a bad config)."""
+    """Runs a training job; returns the process exit code (2 for bad input, on every rank).
+
+    A config that cannot work, missing or corrupt shards, a full or read-only run directory:
+    one line ``scforge train: error: ...`` on stderr (see :mod:`scforge.errors`). Errors that
+    only one rank meets (a corrupt shard it reads) reach every rank (``distributed.agree``).
+    """
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
     import os
 
     if args.local_rank is not None:
         os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
+    return run_command("scforge train", lambda: _run(args))
+
+
+def _run(args) -> int:
+    import os
+
     from scforge.training.config import load_train_config
 
-    try:
-        cfg = load_train_config(args.config, args.overrides)
-    except ConfigError as e:
-        print(f"scforge train: config error: {e}", file=sys.stderr)
-        return 2
+    cfg = load_train_config(args.config, args.overrides)
     if args.print_config:
         print(to_yaml(cfg), end="")
         return 0
     from scforge.training.trainer import train
 
-    try:
-        result = train(cfg)
-    except ConfigError as e:
-        print(f"scforge train: config error: {e}", file=sys.stderr)
-        return 2
+    result = train(cfg)
     if result.out_dir and (os.environ.get("RANK", "0") == "0"):
         last = f"{result.losses[-1]:.4f}" if result.losses else "n/a"
         print(f"scforge train: step {result.step}, last loss {last}"

@@ -11,13 +11,17 @@ Facts this module encodes (measured on the project's CPU machines, DeepSpeed 0.1
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
+
+from scforge.errors import one_line
 
 LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "SLURM_PROCID")
 
@@ -114,15 +118,77 @@ def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     return t.tolist()
 
 
-def broadcast_json(obj: object, device: torch.device) -> object:
-    """Rank 0's JSON-able ``obj`` on every rank, sent as UTF-8 bytes (no pickle)."""
+def broadcast_json(obj: object, device: torch.device, *, src: int = 0,
+                   group: object | None = None) -> object:
+    """Rank ``src``'s JSON-able ``obj`` on every rank, sent as UTF-8 bytes (no pickle)."""
     if not (torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1):
         return obj
-    payload = json.dumps(obj).encode() if torch.distributed.get_rank() == 0 else b""
+    payload = json.dumps(obj).encode() if torch.distributed.get_rank() == src else b""
     size = torch.tensor([len(payload)], dtype=torch.int64, device=device)
-    torch.distributed.broadcast(size, src=0)
+    torch.distributed.broadcast(size, src=src, group=group)
     buf = torch.zeros(int(size.item()), dtype=torch.uint8, device=device)
     if payload:
         buf.copy_(torch.frombuffer(bytearray(payload), dtype=torch.uint8))
-    torch.distributed.broadcast(buf, src=0)
+    torch.distributed.broadcast(buf, src=src, group=group)
     return json.loads(bytes(buf.cpu().tolist()).decode())
+
+
+class PeerError(ValueError):
+    """Another rank stopped with an error; its one-line message is this error's message."""
+
+
+_CPU_GROUP: dict[str, object] = {}
+
+
+def _cpu_group() -> object | None:
+    """A gloo group for small host-side agreements (None: the default group is gloo already).
+
+    Made on first use, which every rank reaches at the same point (see :func:`agree`), so the
+    collective ``new_group`` call lines up.
+    """
+    if torch.distributed.get_backend() == "gloo":
+        return None
+    if "gloo" not in _CPU_GROUP:
+        _CPU_GROUP["gloo"] = torch.distributed.new_group(backend="gloo")
+    return _CPU_GROUP["gloo"]
+
+
+def agree(error: BaseException | None) -> None:
+    """Collective: if any rank passes an error, every rank raises.
+
+    The failing rank re-raises its own ``error`` (with its traceback); the others raise
+    :class:`PeerError` carrying the lowest failing rank's one-line message. So a corrupt shard
+    that only one rank reads ends the run on every rank with the same message, instead of leaving
+    the others blocked in the next gradient collective. Costs one small gloo all-reduce.
+    """
+    if not (torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1):
+        if error is not None:
+            raise error
+        return
+    rank, ws = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    group = _cpu_group()
+    flag = torch.tensor([rank if error is not None else ws], dtype=torch.int64)
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN, group=group)
+    src = int(flag.item())
+    if src == ws:
+        return
+    msg = broadcast_json(one_line(error) if error is not None and rank == src else None,
+                         torch.device("cpu"), src=src, group=group)
+    if error is not None:
+        raise error
+    raise PeerError(f"rank {src} stopped: {msg}")
+
+
+@contextlib.contextmanager
+def agreed() -> Iterator[None]:
+    """Runs a block (often rank-0-only work) and then :func:`agree` s on its outcome.
+
+    Every rank must enter the block; an exception inside it reaches every rank (see
+    :func:`agree`), so no rank is left waiting at the next collective for one that died.
+    """
+    try:
+        yield
+    except Exception as exc:  # noqa: BLE001  (re-raised by agree on this rank)
+        agree(exc)
+        raise
+    agree(None)

@@ -40,7 +40,14 @@ from scforge.training.compile import compile_blocks
 from scforge.training.config import TrainConfig
 from scforge.training.data import bind_config, make_train_loader, make_val_stream
 from scforge.training.deepspeed_config import deepspeed_config
-from scforge.training.distributed import World, all_reduce_sum, broadcast_json, init_process_group
+from scforge.training.distributed import (
+    World,
+    agree,
+    agreed,
+    all_reduce_sum,
+    broadcast_json,
+    init_process_group,
+)
 from scforge.training.export import consolidated_state, export_pretrained
 from scforge.training.metrics import (
     MetricsLogger,
@@ -131,17 +138,25 @@ class Trainer:
 
     # ------------------------------------------------------------------ data
     def _batches(self) -> Iterator[Batch]:
-        """Micro-batches forever (epoch after epoch); each fetch leaves torch's RNG untouched."""
+        """Micro-batches forever (epoch after epoch); each fetch leaves torch's RNG untouched.
+
+        Every fetch ends in :func:`agree`: a rank whose shard turns out corrupt stops every rank
+        with its message (every rank fetches the same number of batches, so the calls line up).
+        """
         while True:
             it = iter(self.loader)
             while True:
                 state = torch.get_rng_state()
+                error: Exception | None = None
                 try:
                     batch = next(it)
                 except StopIteration:
                     break
+                except Exception as exc:  # noqa: BLE001  (re-raised by agree)
+                    error = exc
                 finally:
                     torch.set_rng_state(state)
+                agree(error)
                 yield batch
 
     def _to_device(self, batch: Batch) -> Batch:
@@ -152,9 +167,10 @@ class Trainer:
     # ------------------------------------------------------------------ resume / checkpoint
     def _resume(self) -> Path | None:
         found = None
-        if self.world.is_main:
-            tag = ckpt.find_resume(self.cfg.train.resume, self.out_dir)
-            found = str(tag) if tag is not None else None
+        with agreed():
+            if self.world.is_main:
+                tag = ckpt.find_resume(self.cfg.train.resume, self.out_dir)
+                found = str(tag) if tag is not None else None
         found = broadcast_json(found, self.world.device)
         if found is None:
             return None
@@ -180,12 +196,12 @@ class Trainer:
 
     def export(self, tag_dir: Path) -> Path:
         """Writes ``<out_dir>/export`` (rank 0) from the engine or, for ZeRO-3, the checkpoint."""
-        if self.world.is_main:
-            state = consolidated_state(self.engine, zero_stage=self.cfg.train.zero_stage,
-                                       precision=self.cfg.train.precision,
-                                       ckpt_dir=tag_dir.parent, tag=tag_dir.name)
-            self.write_export(self.out_dir / "export", state)
-        ckpt.barrier()
+        with agreed():
+            if self.world.is_main:
+                state = consolidated_state(self.engine, zero_stage=self.cfg.train.zero_stage,
+                                           precision=self.cfg.train.precision,
+                                           ckpt_dir=tag_dir.parent, tag=tag_dir.name)
+                self.write_export(self.out_dir / "export", state)
         return self.out_dir / "export"
 
     # ------------------------------------------------------------------ the loop
@@ -268,18 +284,18 @@ class Trainer:
         resumed = self._resume()
         start = self.step
         logger = None
-        if self.world.is_main:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            if not resumed:
-                set_aside_previous_run(self.out_dir)
-            write_run_files(self.out_dir, self.cfg, self.ds_config,
-                            environment(self.world.world_size, self.world.device), step=start)
-            run = None
-            if self.cfg.wandb.enabled:
-                run = init_wandb(self.cfg, self.out_dir, dataclasses.asdict(self.cfg))
-            logger = MetricsLogger(self.out_dir / "metrics.jsonl",
-                                   keep_until=start if resumed else None, wandb_run=run)
-        ckpt.barrier()  # the run directory is set up before any rank writes into it
+        with agreed():  # the run directory is set up before any rank writes into it
+            if self.world.is_main:
+                self.out_dir.mkdir(parents=True, exist_ok=True)
+                if not resumed:
+                    set_aside_previous_run(self.out_dir)
+                write_run_files(self.out_dir, self.cfg, self.ds_config,
+                                environment(self.world.world_size, self.world.device), step=start)
+                run = None
+                if self.cfg.wandb.enabled:
+                    run = init_wandb(self.cfg, self.out_dir, dataclasses.asdict(self.cfg))
+                logger = MetricsLogger(self.out_dir / "metrics.jsonl",
+                                       keep_until=start if resumed else None, wandb_run=run)
         result = TrainResult(out_dir=self.out_dir, step=start, resumed_from=resumed,
                              stopped_early=self.early.should_stop)
         bar = _progress(t.max_steps, start, enabled=t.progress and self.world.is_main)

@@ -21,7 +21,8 @@ import json
 import sys
 from pathlib import Path
 
-from scforge.config import ConfigError, ShardJobConfig, load_config
+from scforge.config import ShardJobConfig, load_config
+from scforge.errors import ArgumentParser, run_command
 
 
 def _parse_partition(text: str) -> tuple[int, int]:
@@ -41,7 +42,7 @@ def _split_inputs(args: list[str]) -> tuple[list[str], list[str]]:
 def _shard_main(argv: list[str]) -> int:
     from scforge.data.shard.writer import ShardJob
 
-    ap = argparse.ArgumentParser(prog="scforge-shard", description="Tokenize cells into shards.")
+    ap = ArgumentParser(prog="scforge-shard", description="Tokenize cells into shards.")
     ap.add_argument(
         "inputs",
         nargs="*",
@@ -93,7 +94,7 @@ def _summary_line(s: dict) -> str:
 def _inspect_main(argv: list[str]) -> int:
     from scforge.data.shard.inspect import inspect
 
-    ap = argparse.ArgumentParser(prog="scforge-shard inspect")
+    ap = ArgumentParser(prog="scforge-shard inspect")
     ap.add_argument("dir")
     ap.add_argument("--cells", type=int, default=3, help="decoded cells to show")
     ap.add_argument("--genes", type=int, default=12, help="genes shown per cell")
@@ -106,7 +107,7 @@ def _inspect_main(argv: list[str]) -> int:
 def _merge_main(argv: list[str]) -> int:
     from scforge.data.shard.inspect import merge
 
-    ap = argparse.ArgumentParser(prog="scforge-shard merge")
+    ap = ArgumentParser(prog="scforge-shard merge")
     ap.add_argument("dir")
     args = ap.parse_args(argv)
     man = merge(args.dir)
@@ -117,7 +118,7 @@ def _merge_main(argv: list[str]) -> int:
 def _stats_main(argv: list[str]) -> int:
     from scforge.data.stats.cli import run_stats
 
-    ap = argparse.ArgumentParser(
+    ap = ArgumentParser(
         prog="scforge-shard stats",
         description="Per-gene nonzero medians (for rank_value), cell counts and HVGs of a corpus.",
     )
@@ -161,29 +162,12 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``scforge-shard`` console script."""
     import logging
 
-    from scforge.data.shard.format import ShardFormatError
-    from scforge.data.shard.writer import ShardError
-    from scforge.data.sources import SourceError
-    from scforge.data.store.format import StoreFormatError
-
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     argv = list(sys.argv[1:] if argv is None else argv)
     sub = {"inspect": _inspect_main, "merge": _merge_main, "stats": _stats_main}
-    try:
-        if argv and argv[0] in sub:
-            return sub[argv[0]](argv[1:])
-        return _shard_main(argv)
-    except (
-        ConfigError,
-        ShardError,
-        SourceError,
-        ShardFormatError,
-        StoreFormatError,
-        KeyError,
-    ) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        print(f"scforge-shard: error: {msg}", file=sys.stderr)
-        return 2
+    if argv and argv[0] in sub:
+        return run_command("scforge-shard", lambda: sub[argv[0]](argv[1:]))
+    return run_command("scforge-shard", lambda: _shard_main(argv))
 
 
 if __name__ == "__main__":
