@@ -80,10 +80,10 @@ test-torch:
 	python3 -m venv .venv-torch$(TORCH)
 	.venv-torch$(TORCH)/bin/python -m pip install -q torch==$(TORCH)
 	.venv-torch$(TORCH)/bin/python -c "import torch; print('before:', torch.__version__)" | tee .venv-torch$(TORCH)/torch.txt
-	.venv-torch$(TORCH)/bin/python -m pip install -q ".[dev]"
+	.venv-torch$(TORCH)/bin/python -m pip install -q ".[dev,eval]"
 	.venv-torch$(TORCH)/bin/python -c "import torch; print('after:', torch.__version__)" | tee -a .venv-torch$(TORCH)/torch.txt
 	test "$$(sed -n 's/before: //p' .venv-torch$(TORCH)/torch.txt)" = "$$(sed -n 's/after: //p' .venv-torch$(TORCH)/torch.txt)"
-	.venv-torch$(TORCH)/bin/python -m pytest -q -p no:cacheprovider tests/models tests/train tests/data/stream
+	.venv-torch$(TORCH)/bin/python -m pytest -q -p no:cacheprovider tests/models tests/train tests/data/stream tests/finetune
 
 lint: venv
 	$(VENV)/bin/ruff check scforge tests benchmarks tools

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from scforge.data.sources.h5ad import read_anndata, write_anndata
 from scforge.errors import ArgumentParser, run_command
 from scforge.eval.tokenize import (
     TokenizedCells,
@@ -82,7 +83,7 @@ def load_cells(data: str | Path | Any, info: dict[str, Any], *, layer: str = "X"
         obs = cells.obs.astype(str)
         obs.index = cells.cell_ids
         return cells, ad.AnnData(obs=obs)
-    adata = ad.read_h5ad(data) if isinstance(data, str | Path) else data
+    adata = read_anndata(data) if isinstance(data, str | Path) else data
     tokenizer = checkpoint_tokenizer(info, token_dictionary=token_dictionary)
     return tokenize_adata(adata, tokenizer, layer=layer, gene_column=gene_column), adata
 
@@ -127,8 +128,7 @@ def embed(checkpoint_dir: str | Path, data: str | Path | Any, out: str | Path | 
     adata.uns.setdefault("scforge", {})[key] = {"checkpoint": str(Path(checkpoint_dir).resolve()),
                                                  "step": int(info.get("step", -1))}
     if out is not None:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        adata.write_h5ad(out)
+        write_anndata(adata, out)
     return adata
 
 

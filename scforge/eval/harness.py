@@ -97,9 +97,8 @@ def _default_cfg(name: str) -> Any:
 
 def evaluate(cfg: EvalConfig, *, progress: bool = True) -> dict[str, Any]:
     """Runs an evaluation; returns ``{task: scores}`` and writes the report under ``out_dir``."""
-    import anndata as ad
-
     from scforge.config.loader import to_yaml
+    from scforge.data.sources.h5ad import read_anndata
     from scforge.training.export import load_pretrained, read_pretrained_info
 
     t0 = time.perf_counter()
@@ -107,7 +106,7 @@ def evaluate(cfg: EvalConfig, *, progress: bool = True) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(to_yaml(cfg))
     info = read_pretrained_info(cfg.checkpoint)
-    adata = select_cells(ad.read_h5ad(cfg.data), exclude=cfg.exclude, max_cells=cfg.max_cells,
+    adata = select_cells(read_anndata(cfg.data), exclude=cfg.exclude, max_cells=cfg.max_cells,
                          seed=cfg.seed)
     cells = tokenize_adata(adata, checkpoint_tokenizer(info), layer=cfg.layer)
     model = load_pretrained(cfg.checkpoint, device=resolve_device(cfg.device))

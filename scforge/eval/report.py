@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from scforge.fsutil import write_text_atomic
+
 
 def _plt():
     import matplotlib
@@ -90,8 +92,8 @@ def write_report(out_dir: Path, results: dict[str, Any], meta: dict[str, Any]) -
                       else "```\n" + res.table.to_string(float_format="%.4f") + "\n```"]
         lines += [f"![{Path(f).stem}]({Path(f).name})" for f in res.figures]
         payload["tasks"][name] = entry
-    (out_dir / "report.json").write_text(json.dumps(payload, indent=1, default=str) + "\n")
-    (out_dir / "report.md").write_text("\n".join(lines) + "\n")
+    write_text_atomic(out_dir / "report.json", json.dumps(payload, indent=1, default=str) + "\n")
+    write_text_atomic(out_dir / "report.md", "\n".join(lines) + "\n")
     return {"json": str(out_dir / "report.json"), "markdown": str(out_dir / "report.md")}
 
 

@@ -359,14 +359,14 @@ def _train_config(cfg: FinetuneConfig, info: dict[str, Any], data: LabelledData,
 
 
 def _labelled_cells(cfg: FinetuneConfig, adata: Any | None) -> Any:
-    import anndata as ad
+    from scforge.data.sources.h5ad import read_anndata
 
     if adata is None:
         if not cfg.data:
             raise ValueError("data is empty; set data=<labelled h5ad with raw counts>")
         if not Path(cfg.data).is_file():
             raise FileNotFoundError(f"data={cfg.data!r} does not exist")
-        adata = ad.read_h5ad(cfg.data)
+        adata = read_anndata(cfg.data)
     adata = filter_cells(adata, cfg.train_filter) if cfg.train_filter else adata
     if cfg.max_cells and adata.n_obs > cfg.max_cells:
         rng = np.random.default_rng(cfg.seed)
@@ -492,11 +492,11 @@ def predict(finetuned_dir: str | Path, data: str | Path | Any, out: str | Path |
             layer: str = "X") -> Any:
     """Applies a fine-tuned model to new cells, writing ``obs[key]`` (class or value) and, for
     classifiers, ``obs[key + '_prob']`` (the winning class's probability)."""
-    import anndata as ad
+    from scforge.data.sources.h5ad import read_anndata, write_anndata
 
     dev = resolve_device(device)
     model, meta = load_finetuned(finetuned_dir, device=dev)
-    adata = ad.read_h5ad(data) if isinstance(data, str | Path) else data.copy()
+    adata = read_anndata(data) if isinstance(data, str | Path) else data.copy()
     tokenizer = checkpoint_tokenizer(meta["pretrained"])
     cells = tokenize_adata(adata, tokenizer, layer=layer)
     raw = predict_cells(model, cells, batch_size=batch_size, device=dev,
@@ -510,8 +510,7 @@ def predict(finetuned_dir: str | Path, data: str | Path | Any, out: str | Path |
         mean, std = meta["target_scale"]
         adata.obs[key] = raw * std + mean
     if out is not None:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        adata.write_h5ad(out)
+        write_anndata(adata, out)
     return adata
 
 

@@ -85,8 +85,7 @@ class EvalCallback:
         self.evaluator = None
         if not is_main:  # only rank 0 tokenizes and scores; the others just take part
             return
-        import anndata as ad
-
+        from scforge.data.sources.h5ad import read_anndata
         from scforge.eval.harness import TrainingEvaluator
         from scforge.eval.tasks import EVAL_TASKS
 
@@ -95,7 +94,7 @@ class EvalCallback:
             raise ConfigError(f"eval.tasks={list(cfg.tasks)}: {unknown} not registered; "
                               f"choose from {EVAL_TASKS.names()}")
         try:
-            adata = ad.read_h5ad(cfg.data)
+            adata = read_anndata(cfg.data)
         except (OSError, ValueError) as e:
             raise ConfigError(f"eval.data={cfg.data!r} is not a readable h5ad file ({e})") from None
         for key in ("label_key", "batch_key"):

@@ -127,8 +127,12 @@ def find_resume(resume: str, out_dir: Path) -> Path | None:
 
 
 def save(engine: Any, out_dir: Path, step: int, *, world: World, client_state: dict[str, Any],
-         rank_state: dict[str, Any], keep_last_k: int) -> Path:
+         rank_state: dict[str, Any], keep_last_k: int,
+         marker: dict[str, Any] | None = None) -> Path:
     """Saves a checkpoint on every rank, marks it complete, prunes old ones (collective).
+
+    Args:
+        marker: extra JSON for ``complete.json`` (what a resume checks before DeepSpeed loads).
 
     Returns:
         The tag directory.
@@ -145,9 +149,27 @@ def save(engine: Any, out_dir: Path, step: int, *, world: World, client_state: d
     with agreed():
         if world.is_main:
             _write_json(tag_dir / COMPLETE, {"step": step, "world_size": world.world_size,
-                                             "time": time.time()})
+                                             "time": time.time(), **(marker or {})})
             prune(ckpt_dir, keep_last_k)
     return tag_dir
+
+
+def check_compatible(tag_dir: Path, expected: dict[str, Any]) -> None:
+    """Refuses a checkpoint whose ``complete.json`` records another vocabulary or model shape.
+
+    DeepSpeed would otherwise fail deep inside ``load_state_dict`` with a size-mismatch
+    traceback. Checkpoints written before these fields existed are not checked.
+
+    Raises:
+        ValueError: a recorded field differs from ``expected`` (names both values and the fix).
+    """
+    marker = json.loads((tag_dir / COMPLETE).read_text())
+    diff = {k: (marker[k], v) for k, v in expected.items() if k in marker and marker[k] != v}
+    if diff:
+        what = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in diff.items())
+        raise ValueError(f"checkpoint {tag_dir} was trained with another vocabulary or model "
+                         f"({what}); resume with the shards and model it was trained on, or "
+                         "start fresh with train.resume=none (or another train.out_dir)")
 
 
 def prune(ckpt_dir: Path, keep_last_k: int) -> None:

@@ -21,6 +21,7 @@ import torch
 from safetensors.torch import load_model, save_model
 from torch import nn
 
+from scforge.fsutil import replacing, write_text_atomic
 from scforge.models import ModelConfig, SingleCellModel, count_parameters, get_model
 
 FORMAT = "scforge-pretrained"
@@ -101,7 +102,11 @@ def export_pretrained(out: str | Path, model_cfg: ModelConfig, state: dict[str, 
     out.mkdir(parents=True, exist_ok=True)
     model = get_model(model_cfg)  # a plain CPU model: the export never depends on DeepSpeed
     load_full_state(model, state)
-    save_model(model, str(out / WEIGHTS), metadata={"format": FORMAT, "version": str(VERSION)})
+    # config.json marks a finished export: it goes first and comes back last, and both files
+    # appear whole, so a failure half-way (disk full) leaves nothing a reader would load.
+    (out / CONFIG).unlink(missing_ok=True)
+    with replacing(out / WEIGHTS) as tmp:
+        save_model(model, str(tmp), metadata={"format": FORMAT, "version": str(VERSION)})
     info: dict[str, Any] = {
         "format": FORMAT,
         "version": VERSION,
@@ -113,7 +118,7 @@ def export_pretrained(out: str | Path, model_cfg: ModelConfig, state: dict[str, 
         info["vocab_hash"] = manifest.get("vocab_hash")
         info["tokenizer"] = manifest.get("tokenizer", {})
     info.update(extra or {})
-    (out / CONFIG).write_text(json.dumps(info, indent=1, default=str) + "\n")
+    write_text_atomic(out / CONFIG, json.dumps(info, indent=1, default=str) + "\n")
     return out
 
 

@@ -175,6 +175,7 @@ class Trainer:
         if found is None:
             return None
         tag_dir = Path(str(found))
+        ckpt.check_compatible(tag_dir, self._signature())
         client, rank_state = ckpt.load(self.engine, tag_dir, world=self.world)
         self.step = int(client["step"])
         self.early.load_state_dict(client.get("early_stopping", {}))
@@ -184,6 +185,13 @@ class Trainer:
             ckpt.set_rng_state(rank_state["rng"])
         return tag_dir
 
+    def _signature(self) -> dict[str, Any]:
+        """What a checkpoint must share with this run to resume it (``complete.json``)."""
+        m = self.cfg.model
+        return {"vocab_hash": self.manifest.get("vocab_hash"), "family": m.family,
+                "vocab_size": m.vocab_size, "hidden_size": m.hidden_size,
+                "num_layers": m.num_layers}
+
     def save_checkpoint(self) -> Path:
         """Checkpoint after the current step (collective: every rank calls it)."""
         client = {"format": ckpt.STATE_FORMAT, "version": ckpt.STATE_VERSION, "step": self.step,
@@ -192,7 +200,7 @@ class Trainer:
         rank_state = {"loader": self.loader.state_dict(), "rng": ckpt.rng_state()}
         return ckpt.save(self.engine, self.out_dir, self.step, world=self.world,
                          client_state=client, rank_state=rank_state,
-                         keep_last_k=self.cfg.train.keep_last_k)
+                         keep_last_k=self.cfg.train.keep_last_k, marker=self._signature())
 
     def export(self, tag_dir: Path) -> Path:
         """Writes ``<out_dir>/export`` (rank 0) from the engine or, for ZeRO-3, the checkpoint."""

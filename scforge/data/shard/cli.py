@@ -99,8 +99,11 @@ def _inspect_main(argv: list[str]) -> int:
     ap.add_argument("--cells", type=int, default=3, help="decoded cells to show")
     ap.add_argument("--genes", type=int, default=12, help="genes shown per cell")
     ap.add_argument("--json", action="store_true", help="print the manifest summary as JSON")
+    ap.add_argument("--verify", action="store_true",
+                    help="also check every shard's sha256 (reads all of them)")
     args = ap.parse_args(argv)
-    print(inspect(args.dir, n_cells=args.cells, n_genes=args.genes, as_json=args.json))
+    print(inspect(args.dir, n_cells=args.cells, n_genes=args.genes, as_json=args.json,
+                  verify=args.verify))
     return 0
 
 

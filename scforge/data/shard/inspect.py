@@ -7,7 +7,7 @@ from itertools import islice
 from pathlib import Path
 
 from scforge.data.shard.manifest import JOB_FILE, MANIFEST, atomic_write_json, load_manifest
-from scforge.data.shard.reader import read_shards
+from scforge.data.shard.reader import check_size, read_shards, verify_shard
 from scforge.data.shard.writer import ShardError
 from scforge.resources import load_json
 
@@ -27,9 +27,17 @@ def _symbols(man: dict) -> dict[int, str]:
     return {t: names.get(g, g) for g, t in vocab.tokens.items()}
 
 
-def inspect(path: str | Path, *, n_cells: int = 3, n_genes: int = 12, as_json: bool = False) -> str:
-    """A readable summary of a shard directory."""
+def inspect(path: str | Path, *, n_cells: int = 3, n_genes: int = 12, as_json: bool = False,
+            verify: bool = False) -> str:
+    """A readable summary of a shard directory.
+
+    Every shard's size is checked against the manifest (a truncated shard is an error, not a
+    summary that looks healthy); ``verify`` also checks every sha256 (reads everything).
+    """
     man = load_manifest(path)
+    for entry in man["shards"]:
+        if str(entry.get("file", "")).endswith(".tar"):  # zarr units are checked by their store
+            (verify_shard if verify else check_size)(Path(path) / entry["file"], entry)
     tot = man["totals"]
     if as_json:
         return json.dumps(

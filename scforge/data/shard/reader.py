@@ -18,14 +18,19 @@ class ShardIntegrityError(ShardFormatError):
     """A shard file does not match its manifest entry (corrupt, truncated or replaced)."""
 
 
-def verify_shard(path: Path, entry: dict) -> None:
-    """Checks size and sha256 of one shard against its manifest entry."""
+def check_size(path: Path, entry: dict) -> None:
+    """Checks that one shard has its manifest size (a stat: cheap enough for every shard)."""
     size = path.stat().st_size if path.is_file() else -1
     if size != entry["bytes"]:
         raise ShardIntegrityError(
             f"shard {path} has {size} bytes, manifest says {entry['bytes']} "
             "(truncated or replaced); re-shard or restore it"
         )
+
+
+def verify_shard(path: Path, entry: dict) -> None:
+    """Checks size and sha256 of one shard against its manifest entry."""
+    check_size(path, entry)
     sha = hashlib.sha256()
     with open(path, "rb") as fh:
         for buf in iter(lambda: fh.read(1 << 22), b""):

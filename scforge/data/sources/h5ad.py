@@ -8,6 +8,7 @@ cannot be read by rows efficiently and are refused with the fix.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import h5py
 import numpy as np
@@ -38,18 +39,7 @@ class H5adSource:
     def __init__(self, path: str, *, layer: str = "X", gene_column: str = "") -> None:
         self.path = str(path)
         self.layer = layer
-        if not os.path.isfile(self.path):
-            raise SourceError(f"input {self.path!r} does not exist")
-        if os.path.getsize(self.path) == 0:
-            raise SourceError(f"input {self.path!r} is empty (0 bytes); re-export the AnnData file")
-        try:
-            self._f = h5py.File(self.path, "r")
-        except OSError as e:
-            raise SourceError(
-                f"input {self.path!r} is not a readable HDF5/h5ad file (truncated or "
-                f"corrupt? {str(e).splitlines()[0]}); re-export it with "
-                "adata.write_h5ad()"
-            ) from None
+        self._f = _open_checked(self.path, h5py.File)
         self._var_group = "raw/var" if layer == "raw/X" else "var"
         if layer not in self._f:
             raise SourceError(
@@ -202,3 +192,48 @@ class H5adSource:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _open_checked(path: str, opener: Any) -> Any:
+    """``opener(path)`` for an h5ad, with one-line errors for a missing, empty or non-HDF5 file."""
+    if not os.path.isfile(path):
+        raise SourceError(f"input {path!r} does not exist; check the path (an .h5ad file)")
+    if os.path.getsize(path) == 0:
+        raise SourceError(f"input {path!r} is empty (0 bytes); re-export the AnnData file")
+    try:
+        return opener(path, "r")
+    except OSError as e:
+        raise SourceError(
+            f"input {path!r} is not a readable HDF5/h5ad file (truncated or "
+            f"corrupt? {str(e).splitlines()[0]}); re-export it with adata.write_h5ad()"
+        ) from None
+
+
+def read_anndata(path: str | os.PathLike) -> Any:
+    """The whole AnnData of an .h5ad (``anndata.read_h5ad``), with the sharder's one-line errors
+    for a missing, empty or non-HDF5 file (for commands that hold the cells in memory)."""
+    import anndata as ad
+
+    return _open_checked(str(path), lambda p, mode: ad.read_h5ad(p))
+
+
+def write_anndata(adata: Any, out: str | os.PathLike) -> None:
+    """``adata.write_h5ad(out)`` that leaves either the whole file or nothing.
+
+    The HDF5 image is built in memory (anndata's own ``write_elem`` into an in-memory h5py file)
+    and written with plain file I/O under a temporary name, then renamed: HDF5 itself crashes the
+    process when the disk fills during a write, while a plain write raises ``OSError`` (ENOSPC),
+    which removes the partial file instead of leaving one that looks finished.
+    """
+    import io
+
+    from anndata.io import write_elem
+
+    from scforge.fsutil import replacing
+
+    image = io.BytesIO()
+    with h5py.File(image, "w") as f:
+        write_elem(f, "/", adata)
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with replacing(out) as tmp:
+        tmp.write_bytes(image.getbuffer())
