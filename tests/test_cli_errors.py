@@ -349,3 +349,34 @@ def test_inspect_verify_finds_a_corrupt_shard(work):
     assert run(["inspect", work["corrupt"]]).returncode == 0  # sizes match: summary only
     proc = run(["inspect", work["corrupt"], "--verify"])
     assert_one_line(proc, "scforge-shard", "shard-000001.tar", "sha256", "re-shard")
+
+
+@pytest.mark.multiproc
+def test_corrupt_shard_one_rank_reads_stops_every_rank(work, tmp_path):
+    """Two ZeRO-2 ranks over torchrun; only rank 1 reads the corrupt shard (no shuffle: rank 1
+    reads the second half). Both ranks end with the one line (rank 0 names rank 1) instead of
+    rank 0 waiting forever in the next gradient collective."""
+    data = shutil.copytree(work["shards"], tmp_path / "shards")
+    tar = data / "shard-000004.tar"
+    blob = bytearray(tar.read_bytes())
+    blob[3000] ^= 0xFF
+    tar.write_bytes(bytes(blob))
+    out = tmp_path / "run"
+    cmd = [PY, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(REPO / "scforge" / "train.py"), *TRAIN[1:], f"data.train={data}",
+           f"train.out_dir={out}", "train.max_steps=40", "train.zero_stage=2",
+           "data.stream.verify=always", "data.stream.shuffle=false", "data.val_fraction=0",
+           "train.val_every=0"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**ENV, "OMP_NUM_THREADS": "1"},
+                          cwd=REPO, timeout=300)
+    assert proc.returncode != 0
+    ours = [ln.split("scforge train: error: ", 1)[1] for ln in proc.stderr.splitlines()
+            if "scforge train: error: " in ln]
+    assert len(ours) == 2, proc.stderr[-4000:]
+    assert "Traceback" not in "\n".join(ln for ln in proc.stderr.splitlines()
+                                        if ln.startswith("[rank"))
+    own = [m for m in ours if m.startswith("shard ")]
+    peer = [m for m in ours if m.startswith("rank 1 stopped: shard ")]
+    assert len(own) == 1 and len(peer) == 1, ours
+    assert "shard-000004.tar fails its sha256 check" in own[0] and own[0] in peer[0]
+    no_finished_run(out)
