@@ -18,6 +18,8 @@ COMPILE = $(UV) pip compile pyproject.toml $(foreach e,$(subst $(comma), ,$(EXTR
 	--no-header --quiet
 comma := ,
 TORCH ?= 2.11.0
+# name==version lines with PEP 503 names (Jinja2 == jinja2, ast_serialize == ast-serialize), sorted
+NORMALIZE = awk -F'==' 'NF==2 {n=tolower($$1); gsub(/[-_.]+/,"-",n); print n"=="$$2}' | sort
 # The lock is written by uv (a pinned release in its own small venv, so `make lock` works before
 # any lock exists).
 UV_VERSION ?= 0.13.9
@@ -68,8 +70,8 @@ test-latest:
 	.venv-latest/bin/python -m pip install -q torch==2.13.0
 	.venv-latest/bin/python -m pip install -q -c requirements/constraints.txt ".[$(EXTRAS)]"
 	.venv-latest/bin/python -m pip list --format=freeze > .venv-latest/resolved.txt
-	diff <(grep -v '^ \|^#' $(LOCK) | sed 's/ .*//' | sort) <(grep -v '^scforge==' .venv-latest/resolved.txt | sort) \
-	  > .venv-latest/drift.txt || true
+	diff <(grep -v '^ \|^#' $(LOCK) | sed 's/ .*//' | $(NORMALIZE)) \
+	  <(grep -v '^scforge==\|^pip==' .venv-latest/resolved.txt | $(NORMALIZE)) > .venv-latest/drift.txt || true
 	@echo "drift against the lock (< lock, > newest):"; cat .venv-latest/drift.txt
 	.venv-latest/bin/python -m pytest -q -p no:cacheprovider
 
