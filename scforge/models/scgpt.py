@@ -62,8 +62,7 @@ class ScGPTEmbedding(nn.Module):
                     raise ValueError(f"model.{key}={v} must be a bin index in [0, {rows}) for "
                                      "value_mode=binned (scGPT category style)")
             self.value_table = nn.Embedding(rows, d, padding_idx=int(cfg.pad_value))
-        self.value_norm = nn.LayerNorm(d, eps=cfg.layer_norm_eps) if cfg.value_mode != "none" \
-            else None
+        self.value_norm = nn.LayerNorm(d, eps=cfg.layer_norm_eps)
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -73,8 +72,6 @@ class ScGPTEmbedding(nn.Module):
             raise ValueError(f"sequence length {batch.input_ids.shape[1]} exceeds model.max_len="
                              f"{cfg.max_len}; raise model.max_len or truncate cells")
         genes = self.gene_norm(self.gene(batch.input_ids))
-        if self.value_norm is None:
-            return genes, genes
         if batch.values is None:
             raise ValueError(f"model.value_mode={cfg.value_mode!r} needs batch.values; use the "
                              "binned_expression tokenizer (scGPT's recipe)")
@@ -140,6 +137,10 @@ class ScGPTModel(SingleCellModel):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(config)
         cfg = self.config
+        if cfg.value_mode == "none":
+            raise ValueError("model.value_mode='none': the scgpt family embeds and predicts "
+                             "expression values; use value_mode=continuous (scGPT's default) or "
+                             "binned, with binned_expression or continuous_projection shards")
         d = cfg.hidden_size
         self.embed = ScGPTEmbedding(cfg)
         self.encoder = TransformerStack(
@@ -189,7 +190,7 @@ class ScGPTModel(SingleCellModel):
         out = self.predict_values(batch)
         objectives = Objectives()
         logits = None
-        if batch.value_mask is not None and cfg.value_weight > 0 and cfg.value_mode != "none":
+        if batch.value_mask is not None and cfg.value_weight > 0:
             sel = batch.value_mask & batch.attention_mask
             target = value_targets(batch, sel)
             logits = out["mlm_output"][sel]
