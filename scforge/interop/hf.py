@@ -19,7 +19,13 @@ from typing import Any
 
 import torch
 
-from scforge.interop.recipes import RECIPES, build_recipe, geneformer_recipe, manifest_of
+from scforge.interop.recipes import (
+    RECIPES,
+    build_recipe,
+    check_not_pickle,
+    geneformer_recipe,
+    manifest_of,
+)
 from scforge.interop.recipes import write_token_dictionary as _write_dictionary
 from scforge.models import ModelConfig, count_parameters, get_model
 from scforge.models.convert import hf_bert
@@ -72,7 +78,8 @@ def hf_checkpoint(path: str | Path, *, vocab: str = "auto", token_dictionary: st
             ``geneformer_v1`` or ``geneformer_v2``.
         token_dictionary: the model's token dictionary (JSON), when it is not a bundled one.
         gene_medians: gene medians (JSON) for a custom dictionary.
-        max_length: tokens per cell of the recorded tokenizer (0 = the recipe's: 4,096 / 2,048).
+        max_length: tokens per cell of the recorded tokenizer (0 = the recipe's, 4,096 / 2,048,
+            or the model's ``max_position_embeddings`` when smaller).
         pooling: cell embedding of ``scforge embed``: ``mean`` over real tokens (what
             Geneformer's EmbExtractor computes) or ``cls``; "" = the one recorded by
             :func:`export_hf`, else ``mean``.
@@ -83,6 +90,9 @@ def hf_checkpoint(path: str | Path, *, vocab: str = "auto", token_dictionary: st
         cannot be determined; messages say what to pass.
     """
     path = Path(path)
+    for file, what in ((token_dictionary, "token dictionary"), (gene_medians, "gene medians")):
+        if file:
+            check_not_pickle(file, what)
     hf_cfg = hf_bert.read_config(path)
     if not hf_bert.is_bert_config(hf_cfg):
         raise ValueError(f"{path / 'config.json'} is not a BERT config (model_type="
@@ -109,7 +119,9 @@ def hf_checkpoint(path: str | Path, *, vocab: str = "auto", token_dictionary: st
     else:
         recipe = geneformer_recipe(fields["vocab_size"], vocab if not token_dictionary else (
             vocab if vocab != "auto" else _recipe_of_dictionary(token_dictionary)))
-        tokenizer = build_recipe(recipe, max_length=max_length,
+        # a model with fewer positions than the recipe's length reads that many tokens
+        length = max_length or min(RECIPES[recipe].max_length, fields["max_len"])
+        tokenizer = build_recipe(recipe, max_length=length,
                                  token_dictionary=token_dictionary, gene_medians=gene_medians)
     if tokenizer.vocab.size > fields["vocab_size"]:
         raise ValueError(f"the {tokenizer.vocab.name!r} dictionary has {tokenizer.vocab.size:,} "
@@ -164,7 +176,10 @@ def complete_state(cfg: ModelConfig, converted: dict[str, torch.Tensor]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         fresh = get_model(cfg)
-    full = fresh.state_dict()
+    from scforge.training.export import _aliases
+
+    tied = _aliases(fresh)  # e.g. gene_head.decoder.weight -> embed.gene.weight
+    full = {k: v for k, v in fresh.state_dict().items() if k not in tied or k in converted}
     missing = [k for k in full if k not in converted and not k.startswith("gene_head.")]
     if missing:
         raise ValueError(f"converted weights lack {missing[:3]}; the checkpoint does not match "

@@ -17,7 +17,7 @@ Hugging Face ``BertForMaskedLM``              scforge ``transformer_encoder``
 ``layer.i.output.LayerNorm``                  ``encoder.blocks.i.norm2``
 ``cls.predictions.transform.dense``           ``gene_head.dense``
 ``cls.predictions.transform.LayerNorm``       ``gene_head.norm``
-``cls.predictions.decoder`` + ``.bias``       ``gene_head.decoder`` (tied to ``embed.gene``)
+``cls.predictions.decoder`` (+ its bias)      ``gene_head.decoder`` (tied to ``embed.gene``)
 ============================================  ==========================================
 
 Every Geneformer input uses token type 0 (no ``token_type_ids`` are passed), so the type-0 row
@@ -223,7 +223,9 @@ def to_scforge(state: dict[str, torch.Tensor], cfg: dict[str, Any]
         for theirs, mine in _HEAD.items():
             for p in ("weight", "bias"):
                 out[f"{mine}.{p}"] = take(f"{theirs}.{p}")
-        bias_key = next((k for k in ("cls.predictions.bias", "cls.predictions.decoder.bias")
+        # the bias the forward adds is the decoder's (transformers 4 ties it to
+        # cls.predictions.bias; 5 keeps them apart when the decoder weight is untied)
+        bias_key = next((k for k in ("cls.predictions.decoder.bias", "cls.predictions.bias")
                          if k in src), "cls.predictions.bias")
         out["gene_head.decoder.bias"] = take(bias_key)
         used.update(k for k in ("cls.predictions.bias", "cls.predictions.decoder.bias")
@@ -333,6 +335,7 @@ def to_hf(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.T
         for p in ("weight", "bias"):
             out[f"{theirs}.{p}"] = src[f"{mine}.{p}"]
     out["cls.predictions.bias"] = src["gene_head.decoder.bias"]
-    if not cfg.tie_embeddings:
+    if not cfg.tie_embeddings:  # transformers 5 then keeps a separate decoder bias too
         out["cls.predictions.decoder.weight"] = src["gene_head.decoder.weight"]
+        out["cls.predictions.decoder.bias"] = src["gene_head.decoder.bias"].clone()
     return out
