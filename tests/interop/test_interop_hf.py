@@ -16,6 +16,8 @@ import pytest
 import torch
 from _interop_util import GF_V1, GF_V2_104M, random_bert, rel_err, token_batch
 
+from _testpaths import REPO
+
 from scforge.contracts import IGNORE_INDEX, Batch
 from scforge.interop import detect_format, export_hf, import_hf
 from scforge.models.layers import pool
@@ -233,3 +235,24 @@ def test_refusals_are_one_line_errors(tmp_path):
     refused(["export", "hf", str(tmp_path / "pre"), "--out", str(tmp_path / "x6")],
             "norm_placement='pre'", "post-LN")
     assert not (tmp_path / "x6" / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize(("recipe", "hf_cfg"), [("geneformer_v1", GF_V1),
+                                                ("geneformer_v2_104m", GF_V2_104M)])
+def test_model_recipes_are_what_import_writes(recipe, hf_cfg, tmp_path):
+    """configs/model/<recipe>.yaml holds the architecture `scforge import hf` records for the
+    published config (so a model trained from it exports to Geneformer's format)."""
+    import yaml
+    from transformers import BertConfig
+
+    from scforge.interop import hf_checkpoint
+    from scforge.models.convert.hf_bert import exportable
+    from scforge.models import ModelConfig
+
+    BertConfig(**hf_cfg).save_pretrained(tmp_path)  # config.json only
+    model = hf_checkpoint(tmp_path, weights=False).info["model"]
+    want = yaml.safe_load((REPO / "configs" / "model" / f"{recipe}.yaml").read_text())
+    diff = {k: (v, model[k]) for k, v in want.items() if k != "vocab_size" and model[k] != v
+            and not (k == "preset" and v == "none")}
+    assert not diff, diff
+    exportable(ModelConfig(**{**want, "vocab_size": hf_cfg["vocab_size"]}))

@@ -186,3 +186,14 @@ def test_scgpt_refusals(tmp_path):
     (src / "vocab.json").unlink()
     with pytest.raises(FileNotFoundError, match="vocab.json"):
         import_scgpt(src, tmp_path / "y")
+
+
+def test_scgpt_model_recipe_is_what_import_writes(human):
+    import yaml
+    from _testpaths import REPO
+
+    info = read_pretrained_info(human[3])["model"]
+    want = yaml.safe_load((REPO / "configs" / "model" / "scgpt_human.yaml").read_text())
+    skip = {"vocab_size", "max_len", "explicit_zero_prob"}  # the fixture's reference has zero heads
+    diff = {k: (v, info[k]) for k, v in want.items() if k not in skip and info[k] != v}
+    assert not diff, diff
