@@ -17,7 +17,7 @@ from _interop_util import GF_V1, GF_V2_104M, random_bert
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("WANDB_MODE", "offline")
 
-from scforge.eval.tokenize import checkpoint_tokenizer, pad_batch, tokenize_adata  # noqa: E402
+from scforge.eval.tokenize import checkpoint_tokenizer, tokenize_adata  # noqa: E402
 from scforge.interop import export_hf, import_hf  # noqa: E402
 from scforge.training.export import load_pretrained, read_pretrained_info  # noqa: E402
 

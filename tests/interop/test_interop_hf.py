@@ -15,7 +15,6 @@ import sys
 import pytest
 import torch
 from _interop_util import GF_V1, GF_V2_104M, random_bert, rel_err, token_batch
-
 from _testpaths import REPO
 
 from scforge.contracts import IGNORE_INDEX, Batch
@@ -246,8 +245,8 @@ def test_model_recipes_are_what_import_writes(recipe, hf_cfg, tmp_path):
     from transformers import BertConfig
 
     from scforge.interop import hf_checkpoint
-    from scforge.models.convert.hf_bert import exportable
     from scforge.models import ModelConfig
+    from scforge.models.convert.hf_bert import exportable
 
     BertConfig(**hf_cfg).save_pretrained(tmp_path)  # config.json only
     model = hf_checkpoint(tmp_path, weights=False).info["model"]
