@@ -109,3 +109,12 @@ def test_finetune_imported_geneformer_v1_lora(cells, tmp_path):
     assert changed and all(k.endswith(("attn.qkv.weight", "attn.out.weight")) for k in changed)
     pred = predict(tmp_path / "ft", cells[:10].copy(), None, device="cpu")
     assert set(pred.obs["scforge_pred"]) <= set(meta["classes"])
+    # the fine-tuned encoder goes back to Geneformer's format
+    from transformers import BertForMaskedLM
+
+    export_hf(tmp_path / "ft" / "export", tmp_path / "ft_hf")
+    back, loading = BertForMaskedLM.from_pretrained(str(tmp_path / "ft_hf"),
+                                                    output_loading_info=True)
+    assert not loading["missing_keys"] and not loading["unexpected_keys"]
+    torch.testing.assert_close(back.bert.encoder.layer[0].attention.self.query.weight,
+                               merged["encoder.blocks.0.attn.qkv.weight"][:256])
