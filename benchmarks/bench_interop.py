@@ -152,6 +152,9 @@ def markdown(res: dict, mach: dict) -> str:
         lines.append(f"| {name} | {r['seconds']:.2f} | {r['cells_per_s']:.2f} | "
                      f"{r['tokens_per_s']:.0f} | {r['vs_hf_emb_extractor']:.2f}x | "
                      f"{r['max_rel_diff_vs_hf_encoder']:.1e} |")
+    lines += ["", "Seconds per round (in run order; the spread is the shared machine's load): "
+              + "; ".join(f"{n} " + ", ".join(f"{t:.1f}" for t in r["seconds_all"])
+                          for n, r in res["methods"].items()) + "."]
     lines += ["", "`hf_emb_extractor`: BertForMaskedLM with output_hidden_states (Geneformer's "
               "EmbExtractor computes the vocabulary logits it then ignores); `hf_encoder`: "
               "model.bert only; `scforge_embed_e2e` includes tokenizing the AnnData.", ""]
