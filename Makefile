@@ -7,6 +7,8 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.scforge-installed
 LOCK := requirements/lock.txt
+# Reference wheels (scGPT) the parity tests read; downloaded with hashes, not installed.
+REFERENCE := requirements/reference.txt
 EXTRAS ?= dev,census,eval
 # The lock's torch is the CPU build (2.13.0+cpu). This machine kind has it on disk (PIP_FIND_LINKS);
 # elsewhere add its index: make venv PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu
@@ -31,11 +33,12 @@ venv: $(STAMP)
 
 # Everything from the lock with its hashes (no resolver, no unpinned build dependency), then
 # scforge itself without dependencies, then a consistency check.
-$(STAMP): pyproject.toml $(LOCK)
+$(STAMP): pyproject.toml $(LOCK) $(REFERENCE)
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --require-hashes --no-deps -r $(LOCK)
 	$(PIP) install -q --no-deps --no-build-isolation -e .
 	$(PIP) check
+	$(PIP) download -q --no-deps --require-hashes -r $(REFERENCE) -d $(VENV)/reference
 	touch $(STAMP)
 
 demo: venv

@@ -9,6 +9,8 @@ scforge embed --checkpoint ...    cell embeddings of an export -> obsm
 scforge evaluate --config ...     evaluation harness (probe, scib-metrics) -> report
 scforge finetune --config ... --checkpoint DIR   task head (+ LoRA) through the DeepSpeed trainer
 scforge predict --model ...       apply a fine-tuned model -> obs
+scforge import hf|scgpt DIR --out EXPORT   Geneformer / Hugging Face BERT or scGPT -> export
+scforge export hf EXPORT --out DIR         post-LN export -> Hugging Face BertForMaskedLM dir
 scforge bench --suite quick|full  benchmark suite, every stage against its peers (repo checkout)
 """
 
@@ -98,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         "evaluate": lazy("scforge.eval.harness", "evaluate_main"),
         "finetune": lazy("scforge.finetune.train", "finetune_main"),
         "predict": lazy("scforge.finetune.train", "predict_main"),
+        "import": lazy("scforge.interop.cli", "import_main"),
+        "export": lazy("scforge.interop.cli", "export_main"),
         "bench": _bench,
     }
     if not argv or argv[0] in ("-h", "--help"):

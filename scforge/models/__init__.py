@@ -20,7 +20,12 @@ from typing import Any
 from torch import nn
 
 # Family modules register on import; keep these explicit (no scanning).
-from scforge.models import autoregressive, masked_autoencoder, transformer_encoder  # noqa: F401
+from scforge.models import (  # noqa: F401
+    autoregressive,
+    masked_autoencoder,
+    scgpt,
+    transformer_encoder,
+)
 from scforge.models.base import MODELS, SingleCellModel
 from scforge.models.config import (
     PRESETS,

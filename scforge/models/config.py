@@ -25,8 +25,12 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-FAMILIES = ("autoregressive", "masked_autoencoder", "transformer_encoder")
+FAMILIES = ("autoregressive", "masked_autoencoder", "scgpt", "transformer_encoder")
 VALUE_MODES = ("none", "binned", "continuous")
+NORM_PLACEMENTS = ("pre", "post")
+ACTIVATIONS = ("gelu", "gelu_new", "relu")
+"""Feed-forward (and MLM-transform) activations: exact GELU, its tanh approximation (Hugging
+Face's ``gelu_new``), ReLU (Geneformer's and scGPT's ``hidden_act``)."""
 POOLINGS = ("cls", "mean")
 AUTO_POOLING = "auto"
 """``pooling`` value resolved per family: ``mean`` for ``autoregressive``, else ``cls``."""
@@ -98,6 +102,15 @@ class ModelConfig:
         gradient_checkpointing: recompute block activations in backward to save memory.
         layer_norm_eps: LayerNorm epsilon (1e-5 rather than BERT's 1e-12, which is below bf16
             resolution).
+        norm_placement: ``"pre"`` (``x + f(ln(x))`` and a final LayerNorm: stable from scratch,
+            the default) or ``"post"`` (``ln(x + f(x))``, no final norm: BERT, Geneformer and
+            scGPT, so their checkpoints load unchanged).
+        activation: feed-forward and MLM-transform activation, one of ``ACTIVATIONS``.
+        embedding_norm: LayerNorm on the summed embeddings (BERT has it; off = identity).
+        pad_value: value fed at padded positions (``scgpt`` family: scGPT's ``pad_value``).
+        mask_value: value fed where ``value_mask`` hides one (``scgpt``: scGPT's ``mask_value``).
+        explicit_zero_prob: ``scgpt``: also predict each gene's zero probability (Bernoulli).
+        mvc_decoder: ``scgpt``: the masked-value-from-cell-embedding decoder (GEPC).
         init_std: std of the normal weight init (residual output projections are scaled down by
             ``sqrt(2 * num_layers)``).
         pad_token_id: id of ``<pad>`` (Geneformer: 0).
@@ -129,6 +142,13 @@ class ModelConfig:
     decoder_num_heads: int = 0
     gradient_checkpointing: bool = False
     layer_norm_eps: float = 1e-5
+    norm_placement: str = "pre"
+    activation: str = "gelu"
+    embedding_norm: bool = True
+    pad_value: float = -2.0
+    mask_value: float = -1.0
+    explicit_zero_prob: bool = False
+    mvc_decoder: bool = False
     init_std: float = 0.02
     pad_token_id: int = 0
     mask_token_id: int = 1
@@ -259,6 +279,10 @@ def _validate(cfg: ModelConfig, *, require_vocab: bool) -> None:
         )
     if cfg.layer_norm_eps <= 0:
         raise bad("layer_norm_eps", "must be > 0")
+    if cfg.norm_placement not in NORM_PLACEMENTS:
+        raise bad("norm_placement", f"is not one of {list(NORM_PLACEMENTS)}")
+    if cfg.activation not in ACTIVATIONS:
+        raise bad("activation", f"is not one of {list(ACTIVATIONS)}")
     if cfg.init_std <= 0:
         raise bad("init_std", "must be > 0")
 
@@ -274,10 +298,12 @@ def non_embedding_params(cfg: ModelConfig) -> int:
     Excludes the gene/value/position embeddings and the output heads.
     """
     cfg = resolve_preset(cfg)
-    n = cfg.num_layers * _block_params(cfg.hidden_size, cfg.intermediate_size) + 2 * cfg.hidden_size
+    final_norm = 2 * cfg.hidden_size if cfg.norm_placement == "pre" else 0
+    n = cfg.num_layers * _block_params(cfg.hidden_size, cfg.intermediate_size) + final_norm
     if cfg.family == "masked_autoencoder":
         dd = cfg.decoder_width
-        n += cfg.decoder_layers * _block_params(dd, cfg.decoder_intermediate_size) + 2 * dd
+        dec_norm = 2 * dd if final_norm else 0
+        n += cfg.decoder_layers * _block_params(dd, cfg.decoder_intermediate_size) + dec_norm
         n += cfg.hidden_size * dd + dd  # encoder -> decoder projection
     return n
 

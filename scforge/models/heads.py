@@ -14,16 +14,21 @@ from torch import nn
 
 
 class GeneHead(nn.Module):
-    """BERT MLM head: ``Linear -> GELU -> LayerNorm -> Linear(vocab)``.
+    """BERT MLM head: ``Linear -> GELU -> LayerNorm -> Linear(vocab)`` (BERT's transform, its
+    activation ``act`` as in the encoder's feed-forward: ReLU for Geneformer).
 
     The final projection can share its weight with the gene-embedding table (``tie_to``), as
     Geneformer/BERT do; that saves ``vocab * d`` parameters, most of a small model.
     """
 
     def __init__(
-        self, d: int, vocab_size: int, eps: float, *, tie_to: torch.Tensor | None = None
+        self, d: int, vocab_size: int, eps: float, *, tie_to: torch.Tensor | None = None,
+        act: str = "gelu",
     ) -> None:
         super().__init__()
+        if act not in ("gelu", "gelu_new", "relu"):
+            raise ValueError(f"model.activation={act!r} is not one of ['gelu', 'gelu_new', 'relu']")
+        self.act = act
         self.dense = nn.Linear(d, d)
         self.norm = nn.LayerNorm(d, eps=eps)
         self.decoder = nn.Linear(d, vocab_size)
@@ -43,7 +48,12 @@ class GeneHead(nn.Module):
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         """Logits [N, vocab] from gathered states [N, D]."""
-        return self.decoder(self.norm(F.gelu(self.dense(h))))
+        h = self.dense(h)
+        if self.act == "relu":
+            h = F.relu(h)
+        else:
+            h = F.gelu(h, approximate="tanh" if self.act == "gelu_new" else "none")
+        return self.decoder(self.norm(h))
 
 
 class ValueHead(nn.Module):

@@ -46,7 +46,7 @@ class GeneExpressionEmbedding(nn.Module):
         if self.value_encoder is not None:
             self.mask_value = nn.Parameter(torch.zeros(d))
         self.position = nn.Embedding(cfg.max_len, d) if cfg.position_embedding else None
-        self.norm = nn.LayerNorm(d, eps=cfg.layer_norm_eps)
+        self.norm = nn.LayerNorm(d, eps=cfg.layer_norm_eps) if cfg.embedding_norm else nn.Identity()
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(
@@ -143,24 +143,49 @@ class SelfAttention(nn.Module):
         return self.out(o.transpose(1, 2).reshape(b, length, d))
 
 
-class TransformerBlock(nn.Module):
-    """Pre-LN block: ``x + attn(ln(x))`` then ``x + mlp(ln(x))`` (stable without warmup tricks)."""
+def activation(name: str) -> nn.Module:
+    """The feed-forward activation module for ``ModelConfig.activation`` (no parameters, so the
+    MLP's state-dict names do not depend on it)."""
+    if name == "gelu":
+        return nn.GELU()
+    if name == "gelu_new":  # Hugging Face's name for the tanh approximation
+        return nn.GELU(approximate="tanh")
+    if name == "relu":
+        return nn.ReLU()
+    raise ValueError(f"model.activation={name!r} is not one of ['gelu', 'gelu_new', 'relu']")
 
-    def __init__(self, d: int, heads: int, ffn: int, dropout: float, eps: float) -> None:
+
+class TransformerBlock(nn.Module):
+    """Pre-LN block: ``x + attn(ln(x))`` then ``x + mlp(ln(x))`` (stable without warmup tricks).
+
+    ``post_norm=True`` gives the BERT / Geneformer / scGPT block instead: ``ln1(x + attn(x))``
+    then ``ln2(x + mlp(x))``, with the same parameters under the same names.
+    """
+
+    def __init__(self, d: int, heads: int, ffn: int, dropout: float, eps: float, *,
+                 post_norm: bool = False, act: str = "gelu") -> None:
         super().__init__()
+        self.post_norm = post_norm
         self.norm1 = nn.LayerNorm(d, eps=eps)
         self.attn = SelfAttention(d, heads, dropout)
         self.norm2 = nn.LayerNorm(d, eps=eps)
-        self.mlp = nn.Sequential(nn.Linear(d, ffn), nn.GELU(), ResidualLinear(ffn, d))
+        self.mlp = nn.Sequential(nn.Linear(d, ffn), activation(act), ResidualLinear(ffn, d))
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        if self.post_norm:
+            x = self.norm1(x + self.drop(self.attn(x, mask)))
+            return self.norm2(x + self.drop(self.mlp(x)))
         x = x + self.drop(self.attn(self.norm1(x), mask))
         return x + self.drop(self.mlp(self.norm2(x)))
 
 
 class TransformerStack(nn.Module):
-    """Blocks plus the final LayerNorm that pre-LN needs, with optional activation checkpointing."""
+    """Blocks plus the final LayerNorm that pre-LN needs, with optional activation checkpointing.
+
+    ``norm_placement="post"`` builds post-LN blocks, whose output is already normalised: the
+    final norm is then the identity (no parameters), as in BERT.
+    """
 
     def __init__(
         self,
@@ -173,14 +198,21 @@ class TransformerStack(nn.Module):
         eps: float,
         causal: bool = False,
         gradient_checkpointing: bool = False,
+        norm_placement: str = "pre",
+        act: str = "gelu",
     ) -> None:
         super().__init__()
+        if norm_placement not in ("pre", "post"):
+            raise ValueError(f"model.norm_placement={norm_placement!r} is not one of "
+                             "['pre', 'post']")
+        post = norm_placement == "post"
         self.causal = causal
         self.gradient_checkpointing = gradient_checkpointing
         self.blocks = nn.ModuleList(
-            TransformerBlock(d, heads, ffn, dropout, eps) for _ in range(layers)
+            TransformerBlock(d, heads, ffn, dropout, eps, post_norm=post, act=act)
+            for _ in range(layers)
         )
-        self.norm = nn.LayerNorm(d, eps=eps)
+        self.norm = nn.Identity() if post else nn.LayerNorm(d, eps=eps)
 
     def forward(self, x: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
         """Runs the stack over ``x`` [B, L, D] with ``key_mask`` bool [B, L]."""

@@ -83,6 +83,8 @@ class MaskedAutoencoderModel(SingleCellModel):
             dropout=cfg.dropout,
             eps=cfg.layer_norm_eps,
             gradient_checkpointing=cfg.gradient_checkpointing,
+            norm_placement=cfg.norm_placement,
+            act=cfg.activation,
         )
         self.enc_to_dec = nn.Linear(d, dd)
         self.decoder = TransformerStack(
@@ -93,8 +95,10 @@ class MaskedAutoencoderModel(SingleCellModel):
             dropout=cfg.dropout,
             eps=cfg.layer_norm_eps,
             gradient_checkpointing=cfg.gradient_checkpointing,
+            norm_placement=cfg.norm_placement,
+            act=cfg.activation,
         )
-        self.gene_head = GeneHead(dd, cfg.vocab_size, cfg.layer_norm_eps)
+        self.gene_head = GeneHead(dd, cfg.vocab_size, cfg.layer_norm_eps, act=cfg.activation)
         self.value_head = (
             ValueHead(dd, cfg.value_mode, cfg.n_bins) if cfg.value_mode != "none" else None
         )

@@ -40,8 +40,11 @@ class TransformerEncoderModel(SingleCellModel):
             dropout=cfg.dropout,
             eps=cfg.layer_norm_eps,
             gradient_checkpointing=cfg.gradient_checkpointing,
+            norm_placement=cfg.norm_placement,
+            act=cfg.activation,
         )
-        self.gene_head = GeneHead(cfg.hidden_size, cfg.vocab_size, cfg.layer_norm_eps)
+        self.gene_head = GeneHead(cfg.hidden_size, cfg.vocab_size, cfg.layer_norm_eps,
+                                  act=cfg.activation)
         self.value_head = (
             ValueHead(cfg.hidden_size, cfg.value_mode, cfg.n_bins)
             if cfg.value_mode != "none"

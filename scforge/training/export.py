@@ -122,13 +122,38 @@ def export_pretrained(out: str | Path, model_cfg: ModelConfig, state: dict[str, 
     return out
 
 
+def _foreign(path: str | Path) -> Any:
+    """A Hugging Face BERT (Geneformer) or scGPT directory read in place, else None.
+
+    Imported on use: :mod:`scforge.interop` sits above models, data and this module (it needs
+    the vocabularies and tokenizer recipes); a plain export never loads it.
+    """
+    file = Path(path) / CONFIG
+    if file.is_file():
+        try:
+            if json.loads(file.read_text()).get("format") == FORMAT:
+                return None
+        except (ValueError, AttributeError):
+            return None
+    from scforge.interop import open_foreign
+
+    return open_foreign(path)
+
+
 def read_pretrained_info(path: str | Path) -> dict[str, Any]:
     """The ``config.json`` of an export (model config, vocabulary, tokenizer, training info).
+
+    A Hugging Face ``BertForMaskedLM``/``BertModel`` directory (Geneformer) or a scGPT directory
+    (``args.json``, ``vocab.json``, ``best_model.pt``) is read as the export ``scforge import``
+    would write for it.
 
     Raises:
         FileNotFoundError: no export there.
         ValueError: not an scforge export of a readable version.
     """
+    foreign = _foreign(path)
+    if foreign is not None:
+        return foreign.info
     file = Path(path) / CONFIG
     if not file.is_file():
         raise FileNotFoundError(f"{file} does not exist; pass a directory written by the trainer "
@@ -144,12 +169,19 @@ def load_pretrained(path: str | Path, *, device: str | torch.device = "cpu") -> 
     """Rebuilds an exported model with plain PyTorch (no DeepSpeed), in eval mode.
 
     Args:
-        path: export directory with ``model.safetensors`` and ``config.json``.
+        path: export directory with ``model.safetensors`` and ``config.json``, or a Hugging
+            Face BERT / scGPT checkpoint directory (converted on the fly; see
+            :func:`read_pretrained_info`).
         device: where to put the weights.
 
     Returns:
         The model; ``model.config`` is its :class:`ModelConfig`.
     """
+    foreign = _foreign(path)
+    if foreign is not None:
+        model = get_model(ModelConfig(**foreign.info["model"]))
+        load_full_state(model, foreign.state())
+        return model.to(device).eval()
     info = read_pretrained_info(path)
     fields = {f.name for f in dataclasses.fields(ModelConfig)}
     unknown = sorted(set(info["model"]) - fields)

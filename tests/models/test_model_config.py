@@ -115,9 +115,12 @@ def test_preset_parameter_counts(preset: str, vocab: int, max_len: int, target: 
     assert abs(n - target) <= 0.15 * target, f"{preset}: {n:,} params vs target {target:,.0f}"
 
 
+@pytest.mark.parametrize("norm", ["pre", "post"])
 @pytest.mark.parametrize("family", list(FAMILIES))
-def test_non_embedding_params_match_the_built_model(family: str) -> None:
-    cfg = ModelConfig(family=family, preset="small", vocab_size=V2_VOCAB, pooling="mean")
+def test_non_embedding_params_match_the_built_model(family: str, norm: str) -> None:
+    value_mode = "continuous" if family == "scgpt" else "none"  # scgpt embeds values
+    cfg = ModelConfig(family=family, preset="small", vocab_size=V2_VOCAB, pooling="mean",
+                      value_mode=value_mode, norm_placement=norm)
     with torch.device("meta"):
         model = get_model(cfg)
     stacks = sum(

@@ -12,7 +12,9 @@ from _train_util import small_config
 from scforge.models import list_models
 from scforge.training import train
 
-CASES = [(family, tok) for family in list_models() for tok in ("rank", "binned", "continuous")]
+# scgpt embeds and predicts values: it has no rank-value (valueless) form.
+CASES = [(family, tok) for family in list_models() for tok in ("rank", "binned", "continuous")
+         if not (family == "scgpt" and tok == "rank")]
 
 
 @pytest.mark.parametrize(("family", "tokenizer"), CASES)
